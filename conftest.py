@@ -1,0 +1,47 @@
+"""Shared fixtures for tests/ and benchmarks/: the Cora dataset and an isolated cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def _data_root() -> Path | None:
+    env = os.environ.get("GNN_DATA_ROOT")
+    if env:
+        return Path(env)
+    return SHARED_DATA if SHARED_DATA.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """Where the Planetoid raw files are. Missing data fails under CI and skips elsewhere,
+    so CI can never pass by skipping the accuracy gates."""
+    root = _data_root()
+    if root is None or not any(root.glob("**/ind.cora.x")):
+        message = ("Cora raw files not found: set GNN_DATA_ROOT to a folder holding "
+                   "Planetoid/Cora/raw/ind.cora.*")
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return root
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Process datasets in a private cache so tests never touch the user's."""
+    if "GNN_CACHE_DIR" not in os.environ:
+        os.environ["GNN_CACHE_DIR"] = str(tmp_path_factory.mktemp("gnn-cache"))
+
+
+@pytest.fixture(scope="session")
+def cora(data_root: Path):
+    from gnn.config import DataConfig
+    from gnn.data import load_dataset
+
+    return load_dataset(DataConfig(name="Cora", root=str(data_root)))

@@ -1,0 +1,3 @@
+from gnn.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,231 @@
+"""One config object for a run, read from YAML and checked field by field.
+
+Every bad value raises :class:`ConfigError` with a one-line message that names the key, so the
+CLI can print it and exit 2 before any work (or any file) is done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config value or file is unusable; the message is one line naming the key."""
+
+
+def _range(lo: float | None = None, hi: float | None = None, *, hi_open: bool = False,
+           lo_open: bool = False) -> dict[str, Any]:
+    return {"lo": lo, "hi": hi, "hi_open": hi_open, "lo_open": lo_open}
+
+
+@dataclass
+class ModelConfig:
+    name: str = "gcn"
+    hidden_channels: int = field(default=16, metadata=_range(1))
+    num_layers: int = field(default=2, metadata=_range(1))
+    dropout: float = field(default=0.5, metadata=_range(0.0, 1.0, hi_open=True))
+    heads: int = field(default=8, metadata=_range(1))  # GAT: attention heads of hidden layers
+    attn_dropout: float = field(default=0.6, metadata=_range(0.0, 1.0, hi_open=True))  # GAT
+    K: int = field(default=10, metadata=_range(1))  # APPNP: propagation steps
+    alpha: float = field(default=0.1, metadata=_range(0.0, 1.0))  # APPNP: teleport probability
+    fast: bool = True  # cached normalised CSR adjacency and sparse-aware layers (speed issue)
+
+
+@dataclass
+class DataConfig:
+    name: str = "Cora"
+    root: str | None = None
+    normalize_features: bool = True
+    sparse_features: str = field(default="auto", metadata={"choices": ("auto", "always", "never")})
+    download: bool = True
+    trust_data: bool = False
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = field(default=200, metadata=_range(1))
+    lr: float = field(default=0.01, metadata=_range(0.0, lo_open=True))
+    weight_decay: float = field(default=5e-4, metadata=_range(0.0))
+    seed: int = field(default=0, metadata=_range(0))
+    device: str = field(default="cpu", metadata={"choices": ("cpu", "cuda")})
+    compile: bool = False
+    progress: bool = False
+
+
+@dataclass
+class SamplerConfig:
+    enabled: bool = False
+    backend: str = field(default="auto", metadata={"choices": ("auto", "torch", "pyg")})
+    fanout: list[int] = field(default_factory=lambda: [10, 10])
+    batch_size: int = field(default=64, metadata=_range(1))
+    replace: bool = False
+    inference: str = field(default="layerwise", metadata={"choices": ("layerwise", "sampled")})
+    inference_batch_size: int = field(default=4096, metadata=_range(1))
+    trim: bool = True
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: Any, source: str = "config") -> Config:
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{source}: top level must be a mapping of sections, "
+                              f"got {type(raw).__name__}")
+        sections = {f.name: f for f in dataclasses.fields(cls)}
+        built = {}
+        for key, value in raw.items():
+            _check_known(str(key), sections, "")
+            if value is None:
+                value = {}
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{key}: must be a mapping, got {type(value).__name__}")
+            built[key] = _build_section(sections[key].default_factory, value, prefix=f"{key}.")
+        cfg = cls(**built)
+        cfg.validate()
+        return cfg
+
+    def override(self, dotted: Mapping[str, Any]) -> Config:
+        """Return a copy with ``{"section.key": value}`` overrides (CLI flags) applied."""
+        raw = self.to_dict()
+        for key, value in dotted.items():
+            if value is None:
+                continue
+            section, _, name = key.partition(".")
+            raw.setdefault(section, {})[name] = value
+        return Config.from_dict(raw)
+
+    def validate(self) -> None:
+        """Cross-field checks that no single field can do on its own."""
+        from gnn.data import DATASETS
+        from gnn.models import MODELS
+
+        if self.model.name not in MODELS:
+            raise ConfigError(f"model.name: unknown model {self.model.name!r}"
+                              f"{_did_you_mean(self.model.name, MODELS)}; "
+                              f"choose from {', '.join(sorted(MODELS))}")
+        if self.data.name.lower() not in DATASETS:
+            raise ConfigError(f"data.name: unknown dataset {self.data.name!r}"
+                              f"{_did_you_mean(self.data.name.lower(), DATASETS)}; choose from "
+                              f"{', '.join(sorted(DATASETS.values()))}")
+        if self.sampler.enabled:
+            if len(self.sampler.fanout) != self.model.num_layers:
+                raise ConfigError(
+                    f"sampler.fanout: needs one entry per layer (model.num_layers="
+                    f"{self.model.num_layers}), got {len(self.sampler.fanout)}")
+            if any(f == 0 or f < -1 for f in self.sampler.fanout):
+                raise ConfigError("sampler.fanout: entries must be positive or -1 (all "
+                                  f"neighbours), got {self.sampler.fanout}")
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Read a YAML config file; ``None`` gives the defaults."""
+    if path is None:
+        return Config()
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.__class__.__name__}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+    return Config.from_dict(raw, source=str(path))
+
+
+def _did_you_mean(name: str, choices: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _check_known(key: str, known: Mapping[str, Any], prefix: str) -> None:
+    if key not in known:
+        raise ConfigError(f"{prefix}{key}: unknown key{_did_you_mean(key, known)}")
+
+
+def _build_section(factory: Any, raw: Mapping[str, Any], prefix: str) -> Any:
+    defaults = factory()
+    hints = typing.get_type_hints(type(defaults))
+    fields = {f.name: f for f in dataclasses.fields(defaults)}
+    values = {}
+    for key, value in raw.items():
+        _check_known(str(key), fields, prefix)
+        values[key] = _coerce(f"{prefix}{key}", value, hints[key], fields[key].metadata)
+    return dataclasses.replace(defaults, **values)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("NoneType", "null")
+
+
+def _coerce(key: str, value: Any, tp: Any, meta: Mapping[str, Any]) -> Any:
+    """Check ``value`` against the annotated type and the field's range or choices."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        (tp,) = [a for a in args if a is not type(None)]
+        origin = typing.get_origin(tp)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list of {_type_name(item_tp)}, "
+                              f"got {type(value).__name__}")
+        return [_coerce(f"{key}[{i}]", v, item_tp, {}) for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    elif tp is int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    elif tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "5e-4" as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        value = float(value)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+    elif tp is str and not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(f"{key}: must be one of {', '.join(meta['choices'])}, got {value!r}"
+                          f"{_did_you_mean(str(value), meta['choices'])}")
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if lo is not None and (value < lo or (meta["lo_open"] and value == lo)):
+        bound = f"> {lo}" if meta["lo_open"] else f">= {lo}"
+        raise ConfigError(f"{key}: must be {bound}, got {value!r}")
+    if hi is not None and (value > hi or (meta["hi_open"] and value == hi)):
+        bound = f"< {hi}" if meta["hi_open"] else f"<= {hi}"
+        raise ConfigError(f"{key}: must be {bound}, got {value!r}")
+    return value

@@ -1,0 +1,365 @@
+"""Datasets: Planetoid (Cora, CiteSeer, PubMed) loaded safely, and the split checks.
+
+The raw Planetoid files are Python pickles, and unpickling a tampered file runs arbitrary code.
+They are therefore (1) checked against the SHA-256 of the public files where those are known and
+(2) read with a restricted unpickler that builds only numpy arrays, scipy CSR matrices and plain
+containers. Processing happens in a writable cache keyed by the raw files' hash, built in a
+temporary folder and renamed into place, so a failed run never leaves a half-processed cache and a
+changed raw file can never be served from a stale one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import pickle
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import torch
+from torch import Tensor
+from torch_geometric.data import Data
+from torch_geometric.datasets import Planetoid
+from torch_geometric.io import planetoid as planetoid_io
+from torch_geometric.transforms import NormalizeFeatures
+
+from gnn.config import DataConfig
+
+#: Lower-case name -> PyG's spelling. Every Planetoid dataset goes through the same code.
+DATASETS: dict[str, str] = {"cora": "Cora", "citeseer": "CiteSeer", "pubmed": "PubMed"}
+PLANETOID_FILES = ("x", "tx", "allx", "y", "ty", "ally", "graph", "test.index")
+
+#: SHA-256 of the public raw files (as PyG downloads them). A dataset without an entry is
+#: loaded with a warning, still through the restricted unpickler.
+KNOWN_SHA256: dict[str, dict[str, str]] = {
+    "Cora": {
+        "allx": "9419ba2f26f5c35243db64aba110e0f35a04851609e0dc5433450676ca6b8543",
+        "ally": "2b998f5cc7fedc86e7f97ca2498f47a1ffc1462c29e2d578b23bf3f62b6e7d71",
+        "graph": "58f13302f39dde8852dad6fe6d15b89b077b6d7f837626bce671ef80344b383d",
+        "test.index": "297ce89af2b51a6a194181c7dbe1796c6a1cf9cd9349a88383b1b1e227867875",
+        "tx": "b9afbaa4a400df991f6f02ef677e1e44da55ffc04801fd02f9e673987829226a",
+        "ty": "41f5ac76596a1699cc33f53084a2419e92961c42bb75f36fc38e616d348532ad",
+        "x": "23cfa55d91c6f624233f5eb7b6e3f141f1bd2b2ae39608a63cf5d084bb27baab",
+        "y": "94465c14eb53e04ca262198dcbb2521ee8af60fb3f3d546cd6ca24a511b0e7d1",
+    },
+    "CiteSeer": {
+        "allx": "2ac30345d95c9ec933a817ee0bdd6a5f077f8c184a20e696910192d534414668",
+        "ally": "f704b2d986dde6c2669934de1f3ae5696a6cf9455c0f6b2646a2d135ea0a1c95",
+        "graph": "d79a4ef9d3e7169aee8946145f6b7306e35bc79bffad26346cfb94e10e9912a7",
+        "test.index": "2af990671580b6b2df5d158d1038f8292e30c9cd821b5453f399659b25b723d4",
+        "tx": "539a8906a2da97628d212f2fdd668c109a8b3f0d36574b59e5d3fd5b5303da21",
+        "ty": "55e5bd1ba1e733a04598753ad1a8d57957f4b8f89e74519f41f4f4938767e4ce",
+        "x": "d20de19150741e555de0ed037195630fc194114ebc7fd72ced62810148aa22f6",
+        "y": "8ba87e515d8e3ee3cf52f6d2c5b86aa73f11ecad825a808455209ec26cd54924",
+    },
+}
+
+#: Expected sizes of the public split, checked whenever one of these datasets is loaded.
+PUBLIC_SPLIT_SIZES: dict[str, tuple[int, int, int]] = {
+    "Cora": (140, 500, 1000), "CiteSeer": (120, 500, 1000), "PubMed": (60, 500, 1000),
+}
+
+
+class DataError(RuntimeError):
+    """A dataset cannot be found, verified or read; the message says what to do."""
+
+
+# --------------------------------------------------------------------------------------------
+# Where data lives
+
+
+def cache_dir() -> Path:
+    """Writable per-user cache (``GNN_CACHE_DIR`` overrides it)."""
+    env = os.environ.get("GNN_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("gnn"))
+
+
+def resolve_root(root: str | os.PathLike[str] | None) -> Path:
+    """``--root`` / ``data.root``, else ``GNN_DATA_ROOT``, else the user cache."""
+    if root:
+        return Path(root).expanduser()
+    env = os.environ.get("GNN_DATA_ROOT")
+    if env:
+        return Path(env).expanduser()
+    return cache_dir() / "data"
+
+
+def raw_candidates(root: Path, name: str) -> list[Path]:
+    """Folders searched for raw files: PyG's ``root/Name/raw`` and ``root/Planetoid/Name/raw``."""
+    return [root / name / "raw", root / "Planetoid" / name / "raw"]
+
+
+def raw_file_names(name: str) -> list[str]:
+    return [f"ind.{name.lower()}.{suffix}" for suffix in PLANETOID_FILES]
+
+
+def _find_raw_dir(root: Path, name: str) -> Path | None:
+    files = raw_file_names(name)
+    for folder in raw_candidates(root, name):
+        if all((folder / f).is_file() for f in files):
+            return folder
+    return None
+
+
+def _is_writable(path: Path) -> bool:
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    return os.access(probe, os.W_OK)
+
+
+def _download(root: Path, name: str) -> Path:
+    """Fetch the raw files as PyG's ``Planetoid.download`` would, all or nothing."""
+    from torch_geometric.io import fs
+
+    target = root / name / "raw"
+    created = [p for p in (target.parent, *target.parent.parents) if not p.exists()]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-") as tmp:
+            for file in raw_file_names(name):
+                fs.cp(f"{Planetoid.url}/{file}", tmp)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+            os.makedirs(tmp)  # TemporaryDirectory removes it again on exit
+    except BaseException:
+        for folder in created:  # deepest first: leave the tree as it was found
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+    return target
+
+
+def _missing_message(root: Path, name: str, reason: str) -> str:
+    folders = " or ".join(str(p) for p in raw_candidates(root, name))
+    return (f"{name}: raw files not found ({reason}); looked for "
+            f"{', '.join(raw_file_names(name))} in {folders}; put them there or point at "
+            f"their root with --root DIR or GNN_DATA_ROOT=DIR")
+
+
+# --------------------------------------------------------------------------------------------
+# Safe reading of the raw pickles
+
+
+def _safe_globals() -> dict[tuple[str, str], Any]:
+    import numpy as np
+    import scipy.sparse as sp
+
+    reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]  # numpy's _reconstruct, any version
+    allowed: dict[tuple[str, str], Any] = {
+        ("collections", "defaultdict"): __import__("collections").defaultdict,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("numpy.core.multiarray", "_reconstruct"): reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): reconstruct,
+        ("scipy.sparse.csr", "csr_matrix"): sp.csr_matrix,
+        ("scipy.sparse._csr", "csr_matrix"): sp.csr_matrix,
+    }
+    for module in ("builtins", "__builtin__"):
+        for container in (list, dict, set, frozenset, tuple):
+            allowed[(module, container.__name__)] = container
+    return allowed
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    """A raw file asked for a global outside the allow-list: it may be trying to run code."""
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Builds only what Planetoid files contain; any other global is refused."""
+
+    _allowed: dict[tuple[str, str], Any] | None = None
+
+    def find_class(self, module: str, name: str) -> Any:
+        if RestrictedUnpickler._allowed is None:
+            RestrictedUnpickler._allowed = _safe_globals()
+        try:
+            return RestrictedUnpickler._allowed[(module, name)]
+        except KeyError:
+            raise UnsafePickleError(
+                f"refused to load {module}.{name}: not a type Planetoid files contain"
+            ) from None
+
+
+class _RestrictedPickle:
+    """Stands in for the ``pickle`` module inside ``torch_geometric.io.planetoid``."""
+
+    UnpicklingError = pickle.UnpicklingError
+
+    @staticmethod
+    def load(file: Any, encoding: str = "ASCII", **_: Any) -> Any:
+        name = Path(str(getattr(file, "path", None) or getattr(file, "name", "?"))).name
+        try:
+            return RestrictedUnpickler(file, encoding=encoding).load()
+        except UnsafePickleError as exc:
+            raise DataError(f"unsafe raw file {name}: {exc}") from None
+        except Exception as exc:
+            raise DataError(f"truncated or corrupt raw file {name} "
+                            f"({exc.__class__.__name__}: {exc})") from None
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def raw_hashes(raw_dir: Path, name: str) -> dict[str, str]:
+    return {suffix: sha256_file(raw_dir / f"ind.{name.lower()}.{suffix}")
+            for suffix in PLANETOID_FILES}
+
+
+def verify_raw(hashes: dict[str, str], name: str, trust_data: bool) -> None:
+    """Compare with the public files' SHA-256; a mismatch is fatal unless trusted."""
+    known = KNOWN_SHA256.get(name)
+    if known is None:
+        warnings.warn(f"{name}: no known SHA-256 for its raw files; reading them through the "
+                      "restricted unpickler only", stacklevel=3)
+        return
+    bad = [s for s in PLANETOID_FILES if hashes[s] != known[s]]
+    if not bad:
+        return
+    files = ", ".join(f"ind.{name.lower()}.{s}" for s in bad)
+    if not trust_data:
+        raise DataError(f"{name}: SHA-256 mismatch for {files} (not the public files); "
+                        "pass --trust-data to load them anyway")
+    warnings.warn(f"{name}: SHA-256 mismatch for {files}; loading anyway (--trust-data), "
+                  "through the restricted unpickler", stacklevel=3)
+
+
+class SafePlanetoid(Planetoid):
+    """PyG's Planetoid with a restricted unpickler and a strict ``weights_only`` cache load."""
+
+    def process(self) -> None:
+        with mock.patch.object(planetoid_io, "pickle", _RestrictedPickle):
+            super().process()
+
+    def load(self, path: str, data_cls: type = Data) -> None:
+        out = torch.load(path, weights_only=True)  # no fallback to full unpickling
+        data, self.slices, data_cls = out if len(out) == 3 else (*out, data_cls)
+        self.data = data_cls.from_dict(data) if isinstance(data, dict) else data
+
+    def download(self) -> None:  # raw files are placed by load_planetoid, never fetched here
+        raise DataError(_missing_message(Path(self.root), self.name, "not in the cache"))
+
+
+@contextlib.contextmanager
+def _quiet_pyg() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*scipy.sparse.csr.*")
+        warnings.filterwarnings("ignore", message=".*pre_transform.*")
+        warnings.filterwarnings("ignore", message=".*pre_filter.*")
+        yield
+
+
+def load_planetoid(name: str, root: str | os.PathLike[str] | None = None, *,
+                   download: bool = True, trust_data: bool = False) -> Data:
+    """Load a Planetoid dataset with the public split, verified and cached."""
+    name = DATASETS.get(name.lower(), name)
+    root_path = resolve_root(root)
+    raw_dir = _find_raw_dir(root_path, name)
+    if raw_dir is None:
+        if not download:
+            raise DataError(_missing_message(root_path, name, "downloads disabled"))
+        target = root_path if _is_writable(root_path) else cache_dir() / "data"
+        try:
+            raw_dir = _download(target, name)
+        except Exception as exc:  # network errors come in many types
+            reason = f"download failed: {exc.__class__.__name__}"
+            raise DataError(_missing_message(root_path, name, reason)) from None
+
+    hashes = raw_hashes(raw_dir, name)
+    verify_raw(hashes, name, trust_data)
+    key = hashlib.sha256("".join(hashes[s] for s in PLANETOID_FILES).encode()).hexdigest()[:16]
+    work = cache_dir() / "planetoid" / f"{name}-{key}"
+    if not (work / name / "processed" / "data.pt").is_file():
+        _process_into(work, raw_dir, name)
+    with _quiet_pyg():
+        try:
+            data = SafePlanetoid(str(work), name)[0]
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+            shutil.rmtree(work, ignore_errors=True)  # rebuilt next time, never trusted
+            raise DataError(f"{name}: processed cache in {work} is unreadable and was removed "
+                            f"({exc.__class__.__name__}); run again to rebuild it") from None
+    data.name = name
+    check_split(data, expected_sizes=PUBLIC_SPLIT_SIZES.get(name))
+    return data
+
+
+def _process_into(work: Path, raw_dir: Path, name: str) -> None:
+    work.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=work.parent, prefix=f".{name}-"))
+    try:
+        shutil.copytree(raw_dir, tmp / name / "raw")
+        for f in (tmp / name / "raw").iterdir():
+            f.chmod(0o644)  # the source may be read-only
+        with _quiet_pyg():
+            SafePlanetoid(str(tmp), name)
+        if work.exists():  # another process finished first
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, work)
+    except DataError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DataError(f"{name}: {exc} in {raw_dir}") from None
+    except Exception as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DataError(f"{name}: truncated or corrupt raw files in {raw_dir} "
+                        f"({exc.__class__.__name__}: {exc})") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Splits and the public entry point
+
+
+def check_split(data: Data, expected_sizes: tuple[int, int, int] | None = None) -> None:
+    """Raise ``DataError`` unless train/val/test masks are boolean, full-length, non-empty and
+    pairwise disjoint (and, when given, of the expected sizes)."""
+    num_nodes = data.num_nodes
+    masks: dict[str, Tensor] = {}
+    for split in ("train", "val", "test"):
+        mask = getattr(data, f"{split}_mask", None)
+        if mask is None:
+            raise DataError(f"split: {split}_mask is missing")
+        if mask.dtype != torch.bool:
+            raise DataError(f"split: {split}_mask must be boolean, got {mask.dtype}")
+        if mask.dim() != 1 or mask.numel() != num_nodes:
+            raise DataError(f"split: {split}_mask has shape {tuple(mask.shape)}, "
+                            f"expected ({num_nodes},)")
+        if not bool(mask.any()):
+            raise DataError(f"split: {split}_mask is empty")
+        masks[split] = mask
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        overlap = int((masks[a] & masks[b]).sum())
+        if overlap:
+            raise DataError(f"split: {a} and {b} masks overlap in {overlap} nodes")
+    if expected_sizes is not None:
+        sizes = tuple(int(masks[s].sum()) for s in ("train", "val", "test"))
+        if sizes != tuple(expected_sizes):
+            raise DataError(f"split: sizes train/val/test {sizes} differ from the public "
+                            f"split {tuple(expected_sizes)}")
+
+
+def num_classes(data: Data) -> int:
+    return int(data.y.max()) + 1
+
+
+def load_dataset(cfg: DataConfig) -> Data:
+    """The dataset a config asks for, with its transforms applied."""
+    data = load_planetoid(cfg.name, cfg.root, download=cfg.download, trust_data=cfg.trust_data)
+    if cfg.normalize_features:
+        data = NormalizeFeatures()(data)
+    return data

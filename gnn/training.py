@@ -1,0 +1,196 @@
+"""Training: one loop for every model, full-batch or on sampled mini-batches.
+
+Adam with weight decay, cross-entropy on training nodes only, validation every epoch, model
+selection on the best validation accuracy. The test mask is read once, at the end, with the
+selected weights.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torch_geometric
+from torch import Tensor, nn
+from torch_geometric.data import Data
+
+from gnn.config import Config, ConfigError
+from gnn.data import load_dataset, num_classes
+from gnn.metrics import classification_metrics
+from gnn.models import build_model, count_parameters
+from gnn.timing import Timer, synchronize
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (for example a non-finite loss)."""
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: cuda requested but CUDA is not available "
+                          "(no GPU or a CPU-only torch build)")
+    return torch.device(name)
+
+
+def versions() -> dict[str, str]:
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "torch_geometric": torch_geometric.__version__}
+
+
+def node_features(data: Data, cfg: Config) -> Tensor:
+    """Features as the first layer will read them: CSR when sparse enough and allowed."""
+    x = data.x
+    mode = cfg.data.sparse_features
+    if cfg.sampler.enabled or mode == "never":
+        return x
+    density = float(torch.count_nonzero(x)) / max(x.numel(), 1)
+    if mode == "always" or (cfg.model.fast and density < 0.1):
+        return x.to_sparse_csr()
+    return x
+
+
+class Batching(Protocol):
+    """How an epoch feeds the model: the whole graph at once, or sampled mini-batches."""
+
+    def train_epoch(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> float: ...
+
+    def predict(self, model: nn.Module) -> Tensor: ...
+
+
+@dataclass
+class FullBatch:
+    x: Tensor
+    edge_index: Tensor
+    y: Tensor
+    train_mask: Tensor
+
+    def train_epoch(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> float:
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        out = model(self.x, self.edge_index)
+        loss = F.cross_entropy(out[self.train_mask], self.y[self.train_mask])
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    def predict(self, model: nn.Module) -> Tensor:
+        model.eval()
+        with torch.inference_mode():
+            return model(self.x, self.edge_index)
+
+
+def make_batching(cfg: Config, data: Data, device: torch.device) -> Batching:
+    if cfg.sampler.enabled:
+        from gnn.sampling import SampledBatching
+
+        return SampledBatching.from_config(cfg, data, device)
+    return FullBatch(node_features(data, cfg).to(device), data.edge_index.to(device),
+                     data.y.to(device), data.train_mask.to(device))
+
+
+@dataclass
+class History:
+    epoch: list[int] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    train_acc: list[float] = field(default_factory=list)
+    val_acc: list[float] = field(default_factory=list)
+
+
+def fit(cfg: Config, data: Data | None = None,
+        on_epoch: Callable[[int, float, float], None] | None = None) -> dict[str, Any]:
+    """Train one model as configured and return the full result record."""
+    device = resolve_device(cfg.train.device)
+    if data is None:
+        data = load_dataset(cfg.data)
+    set_seed(cfg.train.seed)
+    model = build_model(cfg.model, data.num_features, num_classes(data)).to(device)
+    forward_model = torch.compile(model) if cfg.train.compile else model
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr,
+                                 weight_decay=cfg.train.weight_decay)
+    batching = make_batching(cfg, data, device)
+    y = data.y.to(device)
+    train_mask, val_mask = data.train_mask.to(device), data.val_mask.to(device)
+
+    history = History()
+    best_val, best_epoch, best_state = -1.0, 0, None
+    loop_timer = Timer(device)
+    total_timer = Timer(device).start()
+    epochs = range(1, cfg.train.epochs + 1)
+    if cfg.train.progress:
+        from tqdm.auto import tqdm
+
+        epochs = tqdm(epochs, desc=f"{cfg.model.name} seed {cfg.train.seed}", leave=False)
+    for epoch in epochs:
+        with loop_timer:
+            loss = batching.train_epoch(forward_model, optimizer)
+        if not math.isfinite(loss):
+            raise TrainingError(f"non-finite loss ({loss}) at epoch {epoch}")
+        logits = batching.predict(forward_model)
+        pred = logits.argmax(dim=-1)
+        train_acc = float((pred[train_mask] == y[train_mask]).float().mean())
+        val_acc = float((pred[val_mask] == y[val_mask]).float().mean())
+        history.epoch.append(epoch)
+        history.train_loss.append(loss)
+        history.train_acc.append(train_acc)
+        history.val_acc.append(val_acc)
+        if val_acc > best_val:
+            best_val, best_epoch = val_acc, epoch
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if on_epoch is not None:
+            on_epoch(epoch, loss, val_acc)
+    synchronize(device)
+    total_time = total_timer.stop()
+
+    assert best_state is not None
+    model.load_state_dict(best_state)
+    logits = batching.predict(forward_model)
+    result: dict[str, Any] = {
+        "model": cfg.model.name, "dataset": data.name, "seed": cfg.train.seed,
+        "device": str(device), "sampled": cfg.sampler.enabled,
+        "num_nodes": int(data.num_nodes), "num_edges": int(data.num_edges),
+        "num_params": count_parameters(model), "epochs": cfg.train.epochs,
+        "best_epoch": best_epoch,
+    }
+    for split, mask in (("train", train_mask), ("val", val_mask),
+                        ("test", data.test_mask.to(device))):
+        metrics = classification_metrics(logits[mask], y[mask])
+        result[f"{split}_acc"] = metrics["acc"]
+        result[f"{split}_macro_f1"] = metrics["macro_f1"]
+    result.update({
+        "total_train_time_s": total_time,
+        "train_loop_time_s": loop_timer.total,
+        "history": history.__dict__,
+        "config": cfg.to_dict(),
+        "versions": versions(),
+        "threads": torch.get_num_threads(),
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    })
+    result["_model"] = model  # stripped before writing; lets callers reuse the trained model
+    return result
+
+
+def summary_line(result: dict[str, Any]) -> str:
+    return (f"{result['model']:<14} {result['dataset']} seed={result['seed']} "
+            f"device={result['device']} test_acc={result['test_acc']:.4f} "
+            f"test_macro_f1={result['test_macro_f1']:.4f} "
+            f"total_train_time_s={result['total_train_time_s']:.3f} "
+            f"train_loop_time_s={result['train_loop_time_s']:.3f}")
+
+
+def public_record(result: dict[str, Any]) -> dict[str, Any]:
+    """The result without in-memory objects, ready for JSON."""
+    return {k: v for k, v in result.items() if not k.startswith("_")}

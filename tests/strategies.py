@@ -1,0 +1,23 @@
+"""Hypothesis strategies for graphs: isolated nodes, self-loops and duplicate edges included."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import strategies as st
+
+
+@st.composite
+def graphs(draw: st.DrawFn, min_nodes: int = 1, max_nodes: int = 24,
+           max_edges: int = 80) -> tuple[int, torch.Tensor]:
+    """``(num_nodes, edge_index)``; edges are drawn as random pairs, so multi-edges and
+    self-loops occur, and nodes that no pair names stay isolated."""
+    num_nodes = draw(st.integers(min_nodes, max_nodes))
+    pairs = draw(st.lists(st.tuples(st.integers(0, num_nodes - 1),
+                                    st.integers(0, num_nodes - 1)), max_size=max_edges))
+    edge_index = torch.tensor(pairs, dtype=torch.long).reshape(-1, 2).t().contiguous()
+    return num_nodes, edge_index
+
+
+def features(num_nodes: int, num_features: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(num_nodes, num_features, generator=generator)

@@ -1,0 +1,93 @@
+"""Models: shapes, finiteness, permutation equivariance, fast path == plain PyG path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gnn.config import ModelConfig
+from gnn.models import MODELS, build_model
+from tests.strategies import features, graphs
+
+NUM_FEATURES, NUM_CLASSES = 5, 3
+GRAPH_MODELS = [name for name, cls in MODELS.items() if cls.uses_graph]
+
+
+def make(name: str, fast: bool = True, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    cfg = ModelConfig(name=name, hidden_channels=8, num_layers=2, dropout=0.5, heads=2,
+                      fast=fast)
+    return build_model(cfg, NUM_FEATURES, NUM_CLASSES).eval()
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@settings(max_examples=25, deadline=None)
+@given(graph=graphs(), seed=st.integers(0, 2**16))
+def test_output_shape_and_finite(name: str, graph: tuple[int, torch.Tensor], seed: int) -> None:
+    num_nodes, edge_index = graph
+    out = make(name)(features(num_nodes, NUM_FEATURES, seed), edge_index)
+    assert out.shape == (num_nodes, NUM_CLASSES)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", GRAPH_MODELS)
+@settings(max_examples=25, deadline=None)
+@given(graph=graphs(), seed=st.integers(0, 2**16), data=st.data())
+def test_permutation_equivariance(name: str, graph: tuple[int, torch.Tensor], seed: int,
+                                  data: st.DataObject) -> None:
+    num_nodes, edge_index = graph
+    perm = torch.tensor(data.draw(st.permutations(range(num_nodes))), dtype=torch.long)
+    x = features(num_nodes, NUM_FEATURES, seed)
+    model = make(name)
+    out = model(x, edge_index)
+    # Node i of the permuted graph is node perm[i] of the original one.
+    inverse = torch.empty_like(perm)
+    inverse[perm] = torch.arange(num_nodes)
+    edge_order = torch.randperm(edge_index.size(1), generator=torch.Generator().manual_seed(seed))
+    permuted_edges = inverse[edge_index][:, edge_order]
+    out_perm = model(x[perm], permuted_edges)
+    torch.testing.assert_close(out_perm, out[perm], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", GRAPH_MODELS)
+@settings(max_examples=25, deadline=None)
+@given(graph=graphs(), seed=st.integers(0, 2**16))
+def test_fast_path_matches_plain_pyg(name: str, graph: tuple[int, torch.Tensor],
+                                     seed: int) -> None:
+    num_nodes, edge_index = graph
+    x = features(num_nodes, NUM_FEATURES, seed)
+    fast, plain = make(name, fast=True), make(name, fast=False)
+    plain.load_state_dict(fast.state_dict())
+    torch.testing.assert_close(fast(x, edge_index), plain(x, edge_index), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_sparse_features_match_dense(name: str) -> None:
+    x = torch.rand(40, NUM_FEATURES) * (torch.rand(40, NUM_FEATURES) < 0.2)
+    edge_index = torch.randint(0, 40, (2, 120))
+    model = make(name)
+    torch.testing.assert_close(model(x.to_sparse_csr(), edge_index), model(x, edge_index),
+                               atol=1e-5, rtol=1e-4)
+
+
+def test_graph_cache_rebuilds_for_a_new_graph() -> None:
+    model = make("gcn")
+    x = torch.randn(6, NUM_FEATURES)
+    a = torch.tensor([[0, 1, 2], [1, 2, 3]])
+    b = torch.tensor([[3, 4, 5], [4, 5, 0]])
+    out_a, out_b = model(x, a), model(x, b)
+    assert not torch.allclose(out_a, out_b)
+    torch.testing.assert_close(model(x, a), make("gcn", fast=False)(x, a))
+    a[1, 0] = 5  # in-place change of the same tensor is noticed too
+    torch.testing.assert_close(model(x, a), make("gcn", fast=False)(x, a))
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_reset_parameters_changes_weights(name: str) -> None:
+    model = make(name)
+    before = [p.detach().clone() for p in model.parameters()]
+    model.reset_parameters()
+    after = list(model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
