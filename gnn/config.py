@@ -127,6 +127,10 @@ class Config:
                               f"{_did_you_mean(self.data.name.lower(), DATASETS)}; choose from "
                               f"{', '.join(sorted(DATASETS.values()))}")
         if self.sampler.enabled:
+            if not getattr(MODELS[self.model.name], "supports_sampling", False):
+                able = sorted(n for n, m in MODELS.items() if getattr(m, "supports_sampling", 0))
+                raise ConfigError(f"sampler.enabled: model {self.model.name!r} does not train on "
+                                  f"sampled mini-batches; use one of {', '.join(able)}")
             if len(self.sampler.fanout) != self.model.num_layers:
                 raise ConfigError(
                     f"sampler.fanout: needs one entry per layer (model.num_layers="

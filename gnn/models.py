@@ -14,17 +14,26 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
-from torch_geometric.nn import SAGEConv
+from torch_geometric.nn import GCNConv, Linear, SAGEConv
 from torch_geometric.nn import models as pyg_models
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
-from torch_geometric.utils import spmm, to_torch_csr_tensor
+from torch_geometric.utils import to_torch_csr_tensor
 
 from gnn.config import ModelConfig
 
 # Explicitly keep torch's default (no invariant checks on every sparse constructor): our CSR
 # operators are built by PyG from coalesced indices. Saying so silences a per-call warning.
 torch.sparse.check_sparse_tensor_invariants.disable()
+
+
+def _tensor_key(t: Tensor) -> tuple[Any, ...]:
+    """Identity of a tensor's current contents: storage, version, shape, device."""
+    if t.layout == torch.sparse_csr:
+        parts = (t.crow_indices(), t.col_indices(), t.values())
+        return (*(p.data_ptr() for p in parts), t.values()._version, tuple(t.shape), t.device)
+    return (t.data_ptr(), t._version, tuple(t.shape), t.device)
 
 
 class GraphCache:
@@ -34,24 +43,88 @@ class GraphCache:
         self._key: tuple[Any, ...] | None = None
         self._value: Any = None
 
-    def get(self, edge_index: Tensor, num_nodes: int, build: Any) -> Any:
-        key = (edge_index.data_ptr(), edge_index._version, tuple(edge_index.shape), num_nodes,
-               edge_index.device)
+    def get(self, tensor: Tensor, build: Any, *args: Any) -> Any:
+        key = (*_tensor_key(tensor), *args)
         if key != self._key:
-            self._value, self._key = build(edge_index, num_nodes), key
+            self._value, self._key = build(tensor, *args), key
         return self._value
 
     def clear(self) -> None:
         self._key = self._value = None
 
 
+class _CSRMatmulT(torch.autograd.Function):
+    """``x @ w.T`` for a CSR ``x`` whose transpose is given: the weight gradient
+    ``(x.T @ grad).T`` is then one sparse product instead of a transpose per step."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, x_t: Tensor, weight: Tensor) -> Tensor:
+        ctx.save_for_backward(x_t)
+        return torch.sparse.mm(x, weight.t())
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[None, None, Tensor]:
+        (x_t,) = ctx.saved_tensors
+        return None, None, torch.sparse.mm(x_t, grad).t()
+
+
+def _csr_transpose(x: Tensor) -> Tensor:
+    return x.t().to_sparse_csr()
+
+
+def with_transpose(adj: Tensor) -> Tensor:
+    """Attach the CSR transpose to a CSR operator once, for the backward of :func:`propagate`."""
+    adj.gnn_transpose = _csr_transpose(adj)
+    return adj
+
+
+def propagate(adj: Tensor, h: Tensor) -> Tensor:
+    """``adj @ h`` for a CSR operator; with a transpose attached the backward is one sparse
+    product (torch would otherwise re-sort the matrix into its transpose every step)."""
+    transpose = getattr(adj, "gnn_transpose", None)
+    if transpose is not None and torch.is_grad_enabled() and h.requires_grad:
+        return _CSRMatmulT.apply(adj, transpose, h.t())
+    return torch.sparse.mm(adj, h)
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None, cache: GraphCache) -> Tensor:
+    """``F.linear`` that also serves sparse CSR input (features 98.7% zeros on Cora) with a
+    cheap backward; ``cache`` keeps the transpose of ``x`` while ``x`` stays the same."""
+    if x.layout != torch.sparse_csr:
+        return F.linear(x, weight, bias)
+    if torch.is_grad_enabled() and weight.requires_grad:
+        out = _CSRMatmulT.apply(x, cache.get(x, _csr_transpose), weight)
+    else:
+        out = torch.sparse.mm(x, weight.t())
+    return out if bias is None else out + bias
+
+
+class SparseAwareLinear(Linear):
+    """PyG's ``Linear`` whose forward also takes CSR input efficiently (see :func:`linear`)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        cache = self.__dict__.setdefault("_transpose_cache", GraphCache())
+        return linear(x, self.weight, self.bias, cache)
+
+
+def _sparse_aware(module: nn.Module) -> None:
+    for sub in module.modules():
+        if type(sub) is Linear:
+            sub.__class__ = SparseAwareLinear  # same parameters, one extra input layout
+
+
 class FromConfig:
     """Default constructor from a :class:`ModelConfig` for PyG's ``BasicGNN``-style models."""
+
+    #: Whether ``forward`` accepts PyG's per-hop trimming arguments and ``inference`` works
+    #: layer-wise on sampled one-hop subgraphs (needed for neighbour-sampled training).
+    supports_sampling: ClassVar[bool] = False
 
     def __init__(self, *args: Any, fast: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fast = fast
         self.graph_cache = GraphCache()
+        _sparse_aware(self)
 
     @classmethod
     def extra_kwargs(cls, cfg: ModelConfig) -> dict[str, Any]:
@@ -86,7 +159,16 @@ class MLP(FromConfig, pyg_models.MLP):
 def _gcn_operator(edge_index: Tensor, num_nodes: int) -> Tensor:
     """D^-1/2 (A + I) D^-1/2 as a CSR matrix indexed [target, source]."""
     ei, w = gcn_norm(edge_index, None, num_nodes, add_self_loops=True)
-    return to_torch_csr_tensor(ei.flip(0), w, size=(num_nodes, num_nodes))
+    return with_transpose(to_torch_csr_tensor(ei.flip(0), w, size=(num_nodes, num_nodes)))
+
+
+class CSRGCNConv(GCNConv):
+    """GCNConv whose sparse propagation uses :func:`propagate` (cached transpose)."""
+
+    def message_and_aggregate(self, adj_t: Any, x: Tensor) -> Tensor:
+        if isinstance(adj_t, Tensor) and adj_t.layout == torch.sparse_csr:
+            return propagate(adj_t, x)
+        return super().message_and_aggregate(adj_t, x)
 
 
 class GCN(FromConfig, pyg_models.GCN):
@@ -95,11 +177,11 @@ class GCN(FromConfig, pyg_models.GCN):
     uses_graph: ClassVar[bool] = True
 
     def init_conv(self, in_channels: int, out_channels: int, **kwargs: Any) -> nn.Module:
-        return super().init_conv(in_channels, out_channels, normalize=False, **kwargs)
+        return CSRGCNConv(in_channels, out_channels, normalize=False, **kwargs)
 
     def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:  # type: ignore[override]
         if self.fast:
-            adj = self.graph_cache.get(edge_index, x.size(0), _gcn_operator)
+            adj = self.graph_cache.get(edge_index, _gcn_operator, x.size(0))
             return super().forward(x, adj)
         ei, w = gcn_norm(edge_index, None, x.size(0), add_self_loops=True)
         return super().forward(x, ei, edge_weight=w)
@@ -112,29 +194,45 @@ def _mean_operator(edge_index: Tensor, num_nodes: int) -> Tensor:
     deg = torch.zeros(num_nodes, dtype=torch.float, device=edge_index.device)
     deg.index_add_(0, target, torch.ones_like(target, dtype=torch.float))
     weight = 1.0 / deg[target]
-    return to_torch_csr_tensor(edge_index.flip(0), weight, size=(num_nodes, num_nodes))
+    return with_transpose(to_torch_csr_tensor(edge_index.flip(0), weight,
+                                              size=(num_nodes, num_nodes)))
 
 
 class MeanSAGEConv(SAGEConv):
-    """SAGEConv that takes a row-normalised CSR adjacency: the mean becomes one sparse product."""
+    """SAGEConv that also takes a row-normalised CSR adjacency (the mean becomes one sparse
+    product) and then applies ``lin_l`` before aggregating when that is cheaper (sparse or wide
+    input): ``A (X W) + b`` equals ``(A X) W + b``, with far less arithmetic."""
 
-    def message_and_aggregate(self, adj_t: Any, x: Any) -> Tensor:
-        if isinstance(adj_t, Tensor) and adj_t.layout == torch.sparse_csr:
-            return spmm(adj_t, x[0], reduce="sum")
-        return super().message_and_aggregate(adj_t, x)
+    def forward(self, x: Any, edge_index: Any, size: Any = None) -> Tensor:
+        csr = isinstance(edge_index, Tensor) and edge_index.layout == torch.sparse_csr
+        if not (csr and isinstance(x, Tensor) and not self.project):
+            return super().forward(x, edge_index, size)
+        if x.layout != torch.strided or self.in_channels > self.out_channels:
+            cache = self.lin_l.__dict__.setdefault("_transpose_cache", GraphCache())
+            out = propagate(edge_index, linear(x, self.lin_l.weight, None, cache))
+            if self.lin_l.bias is not None:
+                out = out + self.lin_l.bias
+        else:
+            out = self.lin_l(propagate(edge_index, x))
+        if self.root_weight:
+            out = out + self.lin_r(x)
+        if self.normalize:
+            out = F.normalize(out, p=2.0, dim=-1)
+        return out
 
 
 class GraphSAGE(FromConfig, pyg_models.GraphSAGE):
-    """GraphSAGE with mean aggregation."""
+    """GraphSAGE with mean aggregation; trains on sampled mini-batches too."""
 
     uses_graph: ClassVar[bool] = True
+    supports_sampling: ClassVar[bool] = True
 
     def init_conv(self, in_channels: int, out_channels: int, **kwargs: Any) -> nn.Module:
         return MeanSAGEConv(in_channels, out_channels, aggr="mean", **kwargs)
 
     def forward(self, x: Tensor, edge_index: Tensor, **kwargs: Any) -> Tensor:  # type: ignore[override]
         if self.fast and not kwargs:
-            adj = self.graph_cache.get(edge_index, x.size(0), _mean_operator)
+            adj = self.graph_cache.get(edge_index, _mean_operator, x.size(0))
             return super().forward(x, adj)
         return super().forward(x, edge_index, **kwargs)
 

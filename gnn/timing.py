@@ -104,3 +104,22 @@ def measure_latency(fn: Callable[[], Any], device: torch.device | str | None = "
         with timer:
             fn()
     return latency_stats(timer.laps, warmup)
+
+
+def synchronized(fn: Callable[[], Any], device: torch.device | str | None, *,
+                 inference: bool = False,
+                 sync: Callable[[Any], None] = synchronize) -> Callable[[], Any]:
+    """Wrap ``fn`` for an external timer (pytest-benchmark): run it under
+    ``torch.inference_mode()`` when ``inference``, and synchronise ``device`` before returning,
+    so the timer that brackets the call sees the device work finish."""
+
+    def call() -> Any:
+        if inference:
+            with torch.inference_mode():
+                out = fn()
+        else:
+            out = fn()
+        sync(device)
+        return out
+
+    return call

@@ -1,0 +1,45 @@
+"""Building blocks shared by the benchmark modules: the same model, ours and the reference."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch_geometric.data import Data
+
+from gnn.config import Config, ModelConfig
+from gnn.data import num_classes
+from gnn.models import build_model
+from gnn.reference import reference_model
+
+#: Hidden sizes of the shipped configs (configs/*.yaml).
+HIDDEN = {"mlp": 64, "gcn": 16, "sage": 64}
+MODELS = list(HIDDEN)
+
+
+def graph_info(data: Data, **extra: Any) -> dict[str, Any]:
+    return {"dataset": getattr(data, "name", "?"), "num_nodes": int(data.num_nodes),
+            "num_edges": int(data.num_edges), **extra}
+
+
+def build(name: str, impl: str, data: Data, device: torch.device,
+          seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
+    """(model, features) for ``impl`` = ``ours`` (sparse features, cached operators) or
+    ``reference`` (the plain PyG recipe: dense features, normalisation on every call)."""
+    torch.manual_seed(seed)
+    if impl == "ours":
+        cfg = ModelConfig(name=name, hidden_channels=HIDDEN[name])
+        model = build_model(cfg, data.num_features, num_classes(data))
+        x = data.x.to_sparse_csr()
+    else:
+        model = reference_model(name, data.num_features, HIDDEN[name], num_classes(data))
+        x = data.x
+    return model.to(device), x.to(device)
+
+
+def config_for(name: str, device: torch.device, **overrides: Any) -> Config:
+    from gnn.config import load_config
+
+    return load_config(f"configs/{name}.yaml").override({"train.device": device.type,
+                                                         **overrides})

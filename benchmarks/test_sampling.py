@@ -1,0 +1,130 @@
+"""Neighbour-sampler throughput through PyG's NeighborLoader: ours and, when pyg-lib or
+torch-sparse is installed, PyG's compiled sampler side by side.
+
+The 1M-node graph (20M edges) is marked ``slow``: ``pytest benchmarks/ -m slow``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch_geometric.data import Data
+
+from benchmarks.helpers import graph_info
+from gnn.config import ModelConfig
+from gnn.models import build_model
+from gnn.sampling import make_neighbor_loader, pyg_sampler_available
+
+BACKENDS = [
+    pytest.param("torch", id="torch"),
+    pytest.param("pyg", id="pyg", marks=pytest.mark.skipif(
+        not pyg_sampler_available(),
+        reason="PyG's sampler needs pyg-lib or torch-sparse (not installed)")),
+]
+
+
+def random_graph(num_nodes: int, num_edges: int, num_features: int = 16, seed: int = 0) -> Data:
+    g = torch.Generator().manual_seed(seed)
+    edge_index = torch.randint(0, num_nodes, (2, num_edges), generator=g)
+    data = Data(edge_index=edge_index, num_nodes=num_nodes,
+                x=torch.randn(num_nodes, num_features, generator=g),
+                y=torch.randint(0, 8, (num_nodes,), generator=g))
+    data.name = f"random-{num_nodes}"
+    return data
+
+
+@pytest.fixture(scope="module")
+def million_graph() -> Data:
+    return random_graph(1_000_000, 20_000_000)
+
+
+def batch_bytes(batch: Data) -> int:
+    return sum(v.numel() * v.element_size() for _, v in batch if isinstance(v, torch.Tensor))
+
+
+def sampler_throughput(bench, data: Data, backend: str, batch_size: int, group: str,
+                       device: torch.device = torch.device("cpu"), **kw: Any) -> None:
+    loader = make_neighbor_loader(data, [10, 10], batch_size=batch_size, shuffle=True,
+                                  backend=backend, seed=0)
+    batches = itertools.cycle(loader) if len(loader) < 64 else iter(loader)
+    edges: list[int] = []
+
+    def next_batch() -> Data:
+        batch = next(batches)
+        edges.append(int(batch.edge_index.size(1)))
+        return batch
+
+    bench(next_batch, device=device, group=group, rounds=40, warmup=3,
+          **graph_info(data, backend=backend, batch_size=batch_size, fanout=[10, 10], **kw))
+    stats = bench.benchmark.stats.stats
+    mean_edges = sum(edges) / len(edges)
+    bench.benchmark.extra_info.update({
+        "batches_per_s": 1.0 / stats.median, "sampled_edges_per_batch": mean_edges,
+        "sampled_edges_per_s": mean_edges / stats.median,
+    })
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sampler_throughput_cora(bench, cora: Data, backend: str) -> None:
+    sampler_throughput(bench, cora, backend, 64, "sampler-cora-bs64")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sampler_throughput_1m(bench, million_graph: Data, backend: str) -> None:
+    sampler_throughput(bench, million_graph, backend, 1024, "sampler-1M-bs1024")
+
+
+def sage_step_on_batch(bench, data: Data, batch_size: int, group: str,
+                       device: torch.device) -> None:
+    """Forward+backward+Adam of GraphSAGE on one pre-sampled batch, to compare with the time
+    it takes to build that batch (is sampling the bottleneck?)."""
+    loader = make_neighbor_loader(data, [10, 10], batch_size=batch_size, shuffle=True,
+                                  backend="torch", seed=0)
+    batch = next(iter(loader)).to(device)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="sage", hidden_channels=64), data.num_features,
+                        int(data.y.max()) + 1).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    trim = {"num_sampled_nodes_per_hop": batch.num_sampled_nodes,
+            "num_sampled_edges_per_hop": batch.num_sampled_edges}
+
+    def step() -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        out = model(batch.x, batch.edge_index, **trim)[: batch.batch_size]
+        loss = F.cross_entropy(out, batch.y[: batch.batch_size])
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    bench(step, device=device, group=group, rounds=40, warmup=3,
+          **graph_info(data, model="sage", batch_size=batch_size, fanout=[10, 10],
+                       batch_nodes=int(batch.num_nodes), batch_edges=int(batch.num_edges)))
+
+
+def test_sampled_step_cora(bench, device: torch.device, cora: Data) -> None:
+    sage_step_on_batch(bench, cora, 64, f"sampled-step-cora-bs64-{device.type}", device)
+
+
+@pytest.mark.slow
+def test_sampled_step_1m(bench, device: torch.device, million_graph: Data) -> None:
+    sage_step_on_batch(bench, million_graph, 1024, f"sampled-step-1M-bs1024-{device.type}",
+                       device)
+
+
+@pytest.mark.slow
+def test_batch_memory_does_not_grow_with_graph(million_graph: Data) -> None:
+    """Same batch size and fanout on 100k and 1M nodes (same average degree): the batch
+    (its n_id, edges and features) stays the same size."""
+    sizes = {}
+    for data in (random_graph(100_000, 2_000_000), million_graph):
+        loader = make_neighbor_loader(data, [10, 10], batch_size=1024, shuffle=True,
+                                      backend="torch", seed=0)
+        batches = list(itertools.islice(iter(loader), 5))
+        sizes[data.num_nodes] = sum(batch_bytes(b) for b in batches) / len(batches)
+    print(f"\nmean batch bytes: {sizes}")
+    assert sizes[1_000_000] <= 1.5 * sizes[100_000]

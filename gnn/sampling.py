@@ -1,0 +1,261 @@
+"""Neighbour sampling written with tensor operations, for PyG's loaders.
+
+PyG's ``NeighborSampler`` needs ``pyg-lib`` or ``torch-sparse``, which a plain ``pip install``
+does not bring. :class:`TorchNeighborSampler` implements PyG's ``BaseSampler`` with torch alone
+(CPU or CUDA: sampling runs where the graph's CSC lives) and is handed to PyG's own
+``NeighborLoader``, so mini-batches (``n_id``, ``e_id``, ``batch_size``, ``input_id``,
+``num_sampled_nodes``) are built by PyG exactly as usual, and ``BasicGNN.inference`` accepts them.
+
+Semantics follow PyG's directed sampling: a node's sampled neighbours are its in-neighbours, edges
+point neighbour -> node, seed nodes come first and in order, each hop expands only the nodes first
+reached in the previous hop, and without replacement a node of in-degree ``d`` gets
+``min(d, fanout)`` distinct neighbours chosen uniformly (``-1``: all of them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch_geometric.data import Data
+from torch_geometric.loader import NeighborLoader
+from torch_geometric.sampler import BaseSampler, NodeSamplerInput, SamplerOutput
+
+from gnn.config import Config, ConfigError
+
+
+def pyg_sampler_available() -> bool:
+    """True when PyG's own ``NeighborSampler`` can run (pyg-lib or torch-sparse installed)."""
+    import torch_geometric.typing as pyg_typing
+
+    return bool(pyg_typing.WITH_PYG_LIB or pyg_typing.WITH_TORCH_SPARSE)
+
+
+class TorchNeighborSampler(BaseSampler):
+    """Vectorised uniform neighbour sampler over a CSC view of ``edge_index``.
+
+    Memory: the CSC (``O(E)``) and one ``O(N)`` node -> local-id table are built once; each
+    batch allocates only in proportion to the nodes and edges it samples.
+    """
+
+    def __init__(self, data: Data | Tensor, num_neighbors: Sequence[int], *,
+                 num_nodes: int | None = None, replace: bool = False,
+                 device: torch.device | str | None = None, seed: int | None = None) -> None:
+        edge_index = data.edge_index if isinstance(data, Data) else data
+        if num_nodes is None:
+            num_nodes = data.num_nodes if isinstance(data, Data) else (
+                int(edge_index.max()) + 1 if edge_index.numel() else 0)
+        if any(k == 0 or k < -1 for k in num_neighbors):
+            raise ValueError(f"fanouts must be positive or -1, got {list(num_neighbors)}")
+        self.num_neighbors = list(num_neighbors)
+        self.replace = replace
+        self.num_nodes = int(num_nodes)
+        self.device = torch.device(device) if device is not None else edge_index.device
+        edge_index = edge_index.to(self.device)
+        src, dst = edge_index[0], edge_index[1]
+        order = torch.argsort(dst, stable=True)
+        self.row = src[order]  # in-neighbours, grouped by target node
+        self.edge_id = order  # CSC position -> original edge id
+        deg = torch.bincount(dst, minlength=self.num_nodes)
+        self.colptr = F.pad(torch.cumsum(deg, 0), (1, 0))
+        self._local = torch.full((self.num_nodes,), -1, dtype=torch.long, device=self.device)
+        self.generator = torch.Generator(device=self.device)
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (1,)))
+        self.generator.manual_seed(seed)
+
+    # ---- BaseSampler --------------------------------------------------------------------
+    def sample_from_nodes(self, inputs: NodeSamplerInput, **_: Any) -> SamplerOutput:
+        out = self.sample(inputs.node)
+        out.metadata = (inputs.input_id, inputs.time)
+        return out
+
+    def sample_from_edges(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError("link-level sampling is not supported")
+
+    @property
+    def edge_permutation(self) -> None:
+        return None  # ``edge`` already holds original edge ids
+
+    # ---- sampling -----------------------------------------------------------------------
+    def sample(self, seeds: Tensor) -> SamplerOutput:
+        """Sample the multi-hop neighbourhood of ``seeds`` (global node ids)."""
+        seeds = seeds.to(self.device, torch.long)
+        local = self._local
+        nodes = [seeds]
+        local[seeds] = torch.arange(seeds.numel(), device=self.device)
+        frontier, frontier_local = seeds, local[seeds]
+        num_nodes_total = seeds.numel()
+        rows, cols, edges = [], [], []
+        num_sampled_nodes, num_sampled_edges = [seeds.numel()], []
+        try:
+            for fanout in self.num_neighbors:
+                nbr, target_local, eid = self._sample_hop(frontier, frontier_local, fanout)
+                new = nbr[local[nbr] < 0]
+                new = torch.unique(new)  # sorted by global id
+                local[new] = torch.arange(num_nodes_total, num_nodes_total + new.numel(),
+                                          device=self.device)
+                num_nodes_total += new.numel()
+                rows.append(local[nbr])
+                cols.append(target_local)
+                edges.append(eid)
+                nodes.append(new)
+                num_sampled_nodes.append(new.numel())
+                num_sampled_edges.append(nbr.numel())
+                frontier, frontier_local = new, local[new]
+            node = torch.cat(nodes)
+        finally:
+            local[torch.cat(nodes)] = -1  # reset only what this batch touched
+        empty = torch.empty(0, dtype=torch.long, device=self.device)
+        return SamplerOutput(
+            node=node,
+            row=torch.cat(rows) if rows else empty,
+            col=torch.cat(cols) if cols else empty,
+            edge=torch.cat(edges) if edges else empty,
+            num_sampled_nodes=num_sampled_nodes,
+            num_sampled_edges=num_sampled_edges,
+        )
+
+    def _sample_hop(self, nodes: Tensor, nodes_local: Tensor,
+                    fanout: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Pick neighbours of every node in ``nodes``; returns (neighbour global ids,
+        target local ids, original edge ids), grouped by target in ``nodes`` order."""
+        start = self.colptr[nodes]
+        deg = self.colptr[nodes + 1] - start
+        if fanout < 0:
+            count = deg
+        elif self.replace:
+            count = torch.where(deg > 0, torch.full_like(deg, fanout), deg)
+        else:
+            count = deg.clamp(max=fanout)
+        total = int(count.sum())
+        owner = torch.repeat_interleave(torch.arange(nodes.numel(), device=self.device), count,
+                                        output_size=total)
+        if fanout < 0:
+            # All neighbours: offsets 0..deg-1 within each node's CSC range.
+            offset = torch.arange(total, device=self.device) - (torch.cumsum(count, 0)
+                                                                - count)[owner]
+        elif self.replace:
+            rand = torch.rand(total, generator=self.generator, device=self.device)
+            offset = (rand * deg[owner]).long()
+        else:
+            offset = self._choose_without_replacement(deg, count, owner, fanout)
+        pos = start[owner] + offset
+        return self.row[pos], nodes_local[owner], self.edge_id[pos]
+
+    def _choose_without_replacement(self, deg: Tensor, count: Tensor, owner: Tensor,
+                                    fanout: int) -> Tensor:
+        """Offsets of ``count[i]`` distinct neighbours per node, uniformly at random.
+
+        Nodes with ``deg <= fanout`` take every neighbour. For the others, every neighbour
+        gets a random key and the ``fanout`` smallest keys win; keys are sorted once for the
+        whole hop (segment id in the integer part, key in the fraction), so the cost is
+        ``O(sum of sampled-node degrees)`` with no Python loop.
+        """
+        full = deg <= fanout
+        offset_all = torch.arange(owner.numel(), device=self.device) - (
+            torch.cumsum(count, 0) - count)[owner]
+        heavy = (~full).nonzero().view(-1)
+        if heavy.numel() == 0:
+            return offset_all
+        heavy_deg = deg[heavy]
+        n_cand = int(heavy_deg.sum())
+        seg = torch.repeat_interleave(torch.arange(heavy.numel(), device=self.device),
+                                      heavy_deg, output_size=n_cand)
+        cand_offset = torch.arange(n_cand, device=self.device) - (
+            torch.cumsum(heavy_deg, 0) - heavy_deg)[seg]
+        keys = torch.rand(n_cand, generator=self.generator, device=self.device,
+                          dtype=torch.float64) + seg.to(torch.float64)
+        order = torch.argsort(keys)
+        # After sorting, segment s occupies [cum[s], cum[s] + deg[s]); keep the first fanout.
+        seg_start = torch.cumsum(heavy_deg, 0) - heavy_deg
+        take = (torch.arange(fanout, device=self.device).unsqueeze(0)
+                + seg_start.unsqueeze(1)).view(-1)
+        chosen = cand_offset[order[take]]  # [heavy * fanout], grouped by heavy node
+        heavy_mask = (~full)[owner]
+        offset_all[heavy_mask] = chosen
+        return offset_all
+
+
+def make_neighbor_loader(data: Data, num_neighbors: Sequence[int], *, batch_size: int,
+                         input_nodes: Tensor | None = None, shuffle: bool = False,
+                         replace: bool = False, backend: str = "auto",
+                         seed: int | None = None, device: torch.device | str | None = None,
+                         **kwargs: Any) -> NeighborLoader:
+    """A PyG ``NeighborLoader`` whose sampler is PyG's own (``pyg``) or ours (``torch``);
+    ``auto`` picks PyG's when pyg-lib or torch-sparse is importable."""
+    if backend == "auto":
+        backend = "pyg" if pyg_sampler_available() else "torch"
+    sampler = None
+    if backend == "pyg":
+        if not pyg_sampler_available():
+            raise ConfigError("sampler.backend: pyg needs pyg-lib or torch-sparse installed; "
+                              "use backend torch or auto")
+    elif backend == "torch":
+        sampler = TorchNeighborSampler(data, num_neighbors, replace=replace, seed=seed,
+                                       device=device)
+    else:
+        raise ConfigError(f"sampler.backend: unknown backend {backend!r}")
+    if shuffle and seed is not None and "generator" not in kwargs:
+        kwargs["generator"] = torch.Generator().manual_seed(seed)
+    return NeighborLoader(data, list(num_neighbors), input_nodes=input_nodes,
+                          batch_size=batch_size, shuffle=shuffle, replace=replace,
+                          neighbor_sampler=sampler, **kwargs)
+
+
+@dataclass
+class SampledBatching:
+    """Mini-batch training on sampled subgraphs; evaluation without sampling noise
+    (layer-wise full-graph inference) or with it (``sampler.inference: sampled``)."""
+
+    data: Data
+    train_loader: NeighborLoader
+    eval_loader: NeighborLoader
+    layerwise: bool
+    trim: bool
+    device: torch.device
+
+    @classmethod
+    def from_config(cls, cfg: Config, data: Data, device: torch.device) -> SampledBatching:
+        sc = cfg.sampler
+        graph = Data(x=data.x, edge_index=data.edge_index, y=data.y, num_nodes=data.num_nodes)
+        if device.type != "cpu":
+            graph = graph.to(device)  # sample and gather features where the model runs
+        common = {"backend": sc.backend, "seed": cfg.train.seed, "replace": sc.replace}
+        train_loader = make_neighbor_loader(graph, sc.fanout, batch_size=sc.batch_size,
+                                            input_nodes=data.train_mask, shuffle=True, **common)
+        layerwise = sc.inference == "layerwise"
+        eval_loader = make_neighbor_loader(graph, [-1] if layerwise else sc.fanout,
+                                           batch_size=sc.inference_batch_size, **common)
+        return cls(graph, train_loader, eval_loader, layerwise, sc.trim, device)
+
+    def train_epoch(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> float:
+        model.train()
+        total_loss, total_seeds = 0.0, 0
+        for batch in self.train_loader:
+            batch = batch.to(self.device)
+            optimizer.zero_grad(set_to_none=True)
+            kwargs = {}
+            if self.trim:
+                kwargs = {"num_sampled_nodes_per_hop": batch.num_sampled_nodes,
+                          "num_sampled_edges_per_hop": batch.num_sampled_edges}
+            out = model(batch.x, batch.edge_index, **kwargs)[:batch.batch_size]
+            loss = F.cross_entropy(out, batch.y[:batch.batch_size])
+            loss.backward()
+            optimizer.step()
+            total_loss += loss.item() * batch.batch_size
+            total_seeds += batch.batch_size
+        return total_loss / max(total_seeds, 1)
+
+    def predict(self, model: nn.Module) -> Tensor:
+        model.eval()
+        with torch.inference_mode():
+            if self.layerwise:
+                return model.inference(self.eval_loader, device=self.device)
+            outs = [model(b.x.to(self.device), b.edge_index.to(self.device))[:b.batch_size]
+                    for b in self.eval_loader]
+            return torch.cat(outs)

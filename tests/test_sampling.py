@@ -1,0 +1,187 @@
+"""Neighbour sampler: the properties PyG's NeighborLoader guarantees, on hypothesis graphs."""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.stats import chisquare
+from torch_geometric.data import Data
+
+from gnn.config import load_config
+from gnn.sampling import TorchNeighborSampler, make_neighbor_loader, pyg_sampler_available
+from gnn.training import fit
+from tests.strategies import graphs
+
+fanouts = st.lists(st.sampled_from([-1, 1, 2, 3, 5]), min_size=1, max_size=3)
+
+
+@st.composite
+def sampling_cases(draw: st.DrawFn):
+    num_nodes, edge_index = draw(graphs(max_edges=120))
+    # add a hub so some nodes have many in-neighbours
+    if draw(st.booleans()) and num_nodes > 1:
+        hub = draw(st.integers(0, num_nodes - 1))
+        src = torch.arange(num_nodes)
+        edge_index = torch.cat([edge_index, torch.stack([src, torch.full_like(src, hub)])], 1)
+    seeds = draw(st.lists(st.integers(0, num_nodes - 1), unique=True, max_size=num_nodes))
+    return num_nodes, edge_index, torch.tensor(seeds, dtype=torch.long), draw(fanouts)
+
+
+def in_degree(edge_index: torch.Tensor, num_nodes: int) -> torch.Tensor:
+    return torch.bincount(edge_index[1], minlength=num_nodes)
+
+
+def check_output(out, num_nodes, edge_index, seeds, fanout, replace=False) -> None:
+    node, row, col, edge = out.node, out.row, out.col, out.edge
+    # seeds first, in order; nodes unique
+    assert torch.equal(node[: seeds.numel()], seeds)
+    assert node.unique().numel() == node.numel()
+    assert sum(out.num_sampled_nodes) == node.numel()
+    assert sum(out.num_sampled_edges) == row.numel() == col.numel() == edge.numel()
+    # every sampled edge exists in the input graph, mapped back through node/edge
+    if edge.numel():
+        assert torch.equal(edge_index[0, edge], node[row])
+        assert torch.equal(edge_index[1, edge], node[col])
+    deg = in_degree(edge_index, num_nodes)
+    node_start = torch.cumsum(torch.tensor([0] + out.num_sampled_nodes), 0)
+    edge_start = torch.cumsum(torch.tensor([0] + out.num_sampled_edges), 0)
+    for hop, k in enumerate(fanout):
+        e = slice(int(edge_start[hop]), int(edge_start[hop + 1]))
+        targets = range(int(node_start[hop]), int(node_start[hop + 1]))
+        # edges of hop k point into the nodes first reached at hop k-1, from nodes up to hop k
+        assert all(int(node_start[hop]) <= c < int(node_start[hop + 1]) for c in col[e].tolist())
+        assert all(r < int(node_start[hop + 2]) for r in row[e].tolist())
+        per_target = Counter(col[e].tolist())
+        for t in targets:
+            d = int(deg[node[t]])
+            expected = d if k < 0 else (min(d, k) if not replace else (k if d else 0))
+            assert per_target.get(t, 0) == expected
+        if not replace:
+            pairs = list(zip(col[e].tolist(), edge[e].tolist(), strict=True))
+            assert len(pairs) == len(set(pairs))  # each edge at most once per node
+
+
+@settings(max_examples=60, deadline=None)
+@given(sampling_cases(), st.integers(0, 2**31))
+def test_sampler_properties(case, seed: int) -> None:
+    num_nodes, edge_index, seeds, fanout = case
+    sampler = TorchNeighborSampler(edge_index, fanout, num_nodes=num_nodes, seed=seed)
+    check_output(sampler.sample(seeds), num_nodes, edge_index, seeds, fanout)
+
+
+@settings(max_examples=30, deadline=None)
+@given(sampling_cases(), st.integers(0, 2**31))
+def test_sampler_with_replacement(case, seed: int) -> None:
+    num_nodes, edge_index, seeds, fanout = case
+    fanout = [k if k > 0 else 2 for k in fanout]
+    sampler = TorchNeighborSampler(edge_index, fanout, num_nodes=num_nodes, seed=seed,
+                                   replace=True)
+    check_output(sampler.sample(seeds), num_nodes, edge_index, seeds, fanout, replace=True)
+
+
+@settings(max_examples=30, deadline=None)
+@given(sampling_cases(), st.integers(0, 2**31))
+def test_same_seed_same_batch(case, seed: int) -> None:
+    num_nodes, edge_index, seeds, fanout = case
+    a = TorchNeighborSampler(edge_index, fanout, num_nodes=num_nodes, seed=seed).sample(seeds)
+    b = TorchNeighborSampler(edge_index, fanout, num_nodes=num_nodes, seed=seed).sample(seeds)
+    for field in ("node", "row", "col", "edge"):
+        assert torch.equal(getattr(a, field), getattr(b, field))
+
+
+def test_full_fanout_returns_whole_neighbourhood() -> None:
+    edge_index = torch.tensor([[1, 2, 3, 3, 4], [0, 0, 0, 1, 2]])
+    out = TorchNeighborSampler(edge_index, [-1], num_nodes=5).sample(torch.tensor([0]))
+    assert sorted(out.node[out.row].tolist()) == [1, 2, 3]
+    assert out.num_sampled_nodes == [1, 3]
+
+
+def test_empty_seed_set() -> None:
+    edge_index = torch.tensor([[0, 1], [1, 0]])
+    out = TorchNeighborSampler(edge_index, [2, 2], num_nodes=2).sample(torch.tensor([], dtype=torch.long))
+    assert out.node.numel() == 0 and out.row.numel() == 0
+    assert out.num_sampled_nodes == [0, 0, 0]
+
+
+def test_uniform_choice_among_hub_neighbours() -> None:
+    """Chi-square: each of a hub's 50 in-neighbours is picked equally often."""
+    num_neighbours, fanout, trials = 50, 5, 4000
+    edge_index = torch.stack([torch.arange(1, num_neighbours + 1),
+                              torch.zeros(num_neighbours, dtype=torch.long)])
+    sampler = TorchNeighborSampler(edge_index, [fanout], num_nodes=num_neighbours + 1, seed=0)
+    counts = Counter()
+    for _ in range(trials):
+        out = sampler.sample(torch.tensor([0]))
+        counts.update(out.node[out.row].tolist())
+    observed = [counts[i] for i in range(1, num_neighbours + 1)]
+    assert sum(observed) == trials * fanout
+    assert chisquare(observed).pvalue > 1e-3
+
+
+def test_invalid_fanout() -> None:
+    with pytest.raises(ValueError, match="fanout"):
+        TorchNeighborSampler(torch.tensor([[0], [1]]), [0], num_nodes=2)
+
+
+def _random_graph(num_nodes: int, num_edges: int, seed: int) -> Data:
+    g = torch.Generator().manual_seed(seed)
+    edge_index = torch.randint(0, num_nodes, (2, num_edges), generator=g)
+    return Data(x=torch.randn(num_nodes, 4, generator=g), edge_index=edge_index,
+                y=torch.randint(0, 3, (num_nodes,), generator=g), num_nodes=num_nodes)
+
+
+def test_loader_builds_pyg_batches() -> None:
+    data = _random_graph(200, 1500, 0)
+    loader = make_neighbor_loader(data, [5, 3], batch_size=16, backend="torch", seed=1,
+                                  shuffle=True)
+    seen = []
+    for batch in loader:
+        assert torch.equal(batch.x, data.x[batch.n_id])
+        assert torch.equal(batch.y, data.y[batch.n_id])
+        assert torch.equal(batch.n_id[: batch.batch_size], batch.input_id)
+        ei = data.edge_index[:, batch.e_id]
+        assert torch.equal(ei, batch.n_id[batch.edge_index])
+        seen.append(batch.input_id)
+    assert torch.equal(torch.cat(seen).sort().values, torch.arange(200))
+
+
+@pytest.mark.skipif(not pyg_sampler_available(),
+                    reason="PyG's NeighborLoader needs pyg-lib or torch-sparse (not installed)")
+@pytest.mark.parametrize("fanout", [[-1, -1], [3, 2], [10, 10]])
+def test_same_structure_as_pyg_neighbor_loader(fanout: list[int]) -> None:
+    data = _random_graph(300, 3000, 2)
+    seeds = torch.arange(0, 300, 7)
+    ours = make_neighbor_loader(data, fanout, batch_size=seeds.numel(), input_nodes=seeds,
+                                backend="torch", seed=0)
+    theirs = make_neighbor_loader(data, fanout, batch_size=seeds.numel(), input_nodes=seeds,
+                                  backend="pyg")
+    a, b = next(iter(ours)), next(iter(theirs))
+    assert torch.equal(a.n_id[: a.batch_size], b.n_id[: b.batch_size])
+    assert a.batch_size == b.batch_size
+    deg = in_degree(data.edge_index, data.num_nodes)
+    for batch in (a, b):
+        targets = batch.n_id[batch.edge_index[1, : batch.num_sampled_edges[0]]]
+        counts = Counter(targets.tolist())
+        for s in seeds.tolist():
+            d = int(deg[s])
+            assert counts.get(s, 0) == (d if fanout[0] < 0 else min(d, fanout[0]))
+    if fanout[0] < 0:
+        assert a.num_sampled_nodes == b.num_sampled_nodes
+        assert a.num_sampled_edges == b.num_sampled_edges
+        assert set(a.n_id.tolist()) == set(b.n_id.tolist())
+
+
+def test_accuracy_gate_sage_sampling(cora: Data) -> None:
+    cfg = load_config("configs/sage_sampling.yaml")
+    results = [fit(cfg.override({"train.seed": s, "sampler.backend": "torch"}), cora)
+               for s in range(3)]
+    accs = [r["test_acc"] for r in results]
+    f1s = [r["test_macro_f1"] for r in results]
+    print(f"\nsage_sampling: test_acc {statistics.fmean(accs):.4f} ± {statistics.stdev(accs):.4f}"
+          f", macro-F1 {statistics.fmean(f1s):.4f} (3 seeds)")
+    assert statistics.fmean(accs) >= 0.79
