@@ -58,6 +58,9 @@ class TrainConfig:
     seed: int = field(default=0, metadata=_range(0))
     device: str = field(default="cpu", metadata={"choices": ("cpu", "cuda")})
     compile: bool = False
+    # Evaluation precision: bfloat16/float16 run the forward under torch.autocast (CUDA or CPU).
+    inference_dtype: str = field(default="float32",
+                                 metadata={"choices": ("float32", "bfloat16", "float16")})
     progress: bool = False
 
 

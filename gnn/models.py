@@ -53,6 +53,14 @@ class GraphCache:
         self._key = self._value = None
 
 
+def sparse_mm(a: Tensor, b: Tensor) -> Tensor:
+    """Sparse @ dense in the sparse matrix's precision: under autocast (half-precision
+    inference) the dense layers run in bf16/fp16 while sparse kernels, which often lack those
+    types, stay in float32."""
+    with torch.autocast(device_type=a.device.type, enabled=False):
+        return torch.sparse.mm(a, b.to(a.dtype))
+
+
 class _CSRMatmulT(torch.autograd.Function):
     """``x @ w.T`` for a CSR ``x`` whose transpose is given: the weight gradient
     ``(x.T @ grad).T`` is then one sparse product instead of a transpose per step."""
@@ -84,7 +92,7 @@ def propagate(adj: Tensor, h: Tensor) -> Tensor:
     transpose = getattr(adj, "gnn_transpose", None)
     if transpose is not None and torch.is_grad_enabled() and h.requires_grad:
         return _CSRMatmulT.apply(adj, transpose, h.t())
-    return torch.sparse.mm(adj, h)
+    return sparse_mm(adj, h)
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None, cache: GraphCache) -> Tensor:
@@ -95,7 +103,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None, cache: GraphCache) ->
     if torch.is_grad_enabled() and weight.requires_grad:
         out = _CSRMatmulT.apply(x, cache.get(x, _csr_transpose), weight)
     else:
-        out = torch.sparse.mm(x, weight.t())
+        out = sparse_mm(x, weight.t())
     return out if bias is None else out + bias
 
 

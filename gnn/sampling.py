@@ -218,6 +218,7 @@ class SampledBatching:
     layerwise: bool
     trim: bool
     device: torch.device
+    inference_dtype: str = "float32"
 
     @classmethod
     def from_config(cls, cfg: Config, data: Data, device: torch.device) -> SampledBatching:
@@ -231,7 +232,8 @@ class SampledBatching:
         layerwise = sc.inference == "layerwise"
         eval_loader = make_neighbor_loader(graph, [-1] if layerwise else sc.fanout,
                                            batch_size=sc.inference_batch_size, **common)
-        return cls(graph, train_loader, eval_loader, layerwise, sc.trim, device)
+        return cls(graph, train_loader, eval_loader, layerwise, sc.trim, device,
+                   cfg.train.inference_dtype)
 
     def train_epoch(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> float:
         model.train()
@@ -252,10 +254,12 @@ class SampledBatching:
         return total_loss / max(total_seeds, 1)
 
     def predict(self, model: nn.Module) -> Tensor:
+        from gnn.training import inference_context
+
         model.eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), inference_context(self.device, self.inference_dtype):
             if self.layerwise:
-                return model.inference(self.eval_loader, device=self.device)
+                return model.inference(self.eval_loader, device=self.device).float()
             outs = [model(b.x.to(self.device), b.edge_index.to(self.device))[:b.batch_size]
                     for b in self.eval_loader]
-            return torch.cat(outs)
+            return torch.cat(outs).float()

@@ -7,8 +7,10 @@ selected weights.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import platform
+import warnings
 import random
 import time
 from collections.abc import Callable
@@ -59,8 +61,17 @@ def node_features(data: Data, cfg: Config) -> Tensor:
         return x
     density = float(torch.count_nonzero(x)) / max(x.numel(), 1)
     if mode == "always" or (cfg.model.fast and density < 0.1):
-        return x.to_sparse_csr()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            return x.to_sparse_csr()
     return x
+
+
+def inference_context(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` in ``dtype`` for evaluation, or nothing for float32."""
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=getattr(torch, dtype))
 
 
 class Batching(Protocol):
@@ -77,6 +88,7 @@ class FullBatch:
     edge_index: Tensor
     y: Tensor
     train_mask: Tensor
+    inference_dtype: str = "float32"
 
     def train_epoch(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> float:
         model.train()
@@ -89,8 +101,8 @@ class FullBatch:
 
     def predict(self, model: nn.Module) -> Tensor:
         model.eval()
-        with torch.inference_mode():
-            return model(self.x, self.edge_index)
+        with torch.inference_mode(), inference_context(self.x.device, self.inference_dtype):
+            return model(self.x, self.edge_index).float()
 
 
 def make_batching(cfg: Config, data: Data, device: torch.device) -> Batching:
@@ -99,7 +111,7 @@ def make_batching(cfg: Config, data: Data, device: torch.device) -> Batching:
 
         return SampledBatching.from_config(cfg, data, device)
     return FullBatch(node_features(data, cfg).to(device), data.edge_index.to(device),
-                     data.y.to(device), data.train_mask.to(device))
+                     data.y.to(device), data.train_mask.to(device), cfg.train.inference_dtype)
 
 
 @dataclass

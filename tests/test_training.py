@@ -75,3 +75,23 @@ def test_accuracy_gate_cora(name: str, cora: Data) -> None:
     print(f"\n{name}: test_acc {mean:.4f} ± {statistics.stdev(accs):.4f}, "
           f"macro-F1 {statistics.fmean(f1s):.4f} ± {statistics.stdev(f1s):.4f} (3 seeds)")
     assert mean >= GATES[name]
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16"])
+def test_half_precision_inference_matches_float32(cora: Data, dtype: str) -> None:
+    """The inference_dtype switch runs evaluation under autocast; accuracy stays within a
+    point of float32 for the same trained weights (the selection may differ slightly)."""
+    base = run("gcn", cora, 0, **{"train.epochs": 50})
+    half = run("gcn", cora, 0, **{"train.epochs": 50, "train.inference_dtype": dtype})
+    assert abs(base["test_acc"] - half["test_acc"]) <= 0.01
+
+
+def test_inference_context_runs_dense_layers_in_bfloat16(cora: Data) -> None:
+    from gnn.config import ModelConfig
+    from gnn.models import build_model
+    from gnn.training import inference_context
+
+    model = build_model(ModelConfig(name="gcn"), cora.num_features, 7).eval()
+    with torch.inference_mode(), inference_context(torch.device("cpu"), "bfloat16"):
+        out = model(cora.x.to_sparse_csr(), cora.edge_index)
+    assert out.dtype == torch.bfloat16
