@@ -10,9 +10,9 @@ from __future__ import annotations
 import contextlib
 import math
 import platform
-import warnings
 import random
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
