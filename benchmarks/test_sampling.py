@@ -7,6 +7,7 @@ The 1M-node graph (20M edges) is marked ``slow``: ``pytest benchmarks/ -m slow``
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -42,6 +43,12 @@ def million_graph() -> Data:
     return random_graph(1_000_000, 20_000_000)
 
 
+def endless(loader: Any) -> Iterator[Data]:
+    """Fresh epochs forever (``itertools.cycle`` would replay cached batches, timing nothing)."""
+    while True:
+        yield from loader
+
+
 def batch_bytes(batch: Data) -> int:
     return sum(v.numel() * v.element_size() for _, v in batch if isinstance(v, torch.Tensor))
 
@@ -50,7 +57,7 @@ def sampler_throughput(bench, data: Data, backend: str, batch_size: int, group: 
                        **kw: Any) -> None:
     loader = make_neighbor_loader(data, [10, 10], batch_size=batch_size, shuffle=True,
                                   backend=backend, seed=0)
-    batches = itertools.cycle(loader) if len(loader) < 64 else iter(loader)
+    batches = endless(loader)
     edges: list[int] = []
 
     def next_batch() -> Data:

@@ -62,6 +62,7 @@ class TorchNeighborSampler(BaseSampler):
         self.edge_id = order  # CSC position -> original edge id
         deg = torch.bincount(dst, minlength=self.num_nodes)
         self.colptr = F.pad(torch.cumsum(deg, 0), (1, 0))
+        self.deg = deg
         self._local = torch.full((self.num_nodes,), -1, dtype=torch.long, device=self.device)
         self.generator = torch.Generator(device=self.device)
         if seed is None:
@@ -87,16 +88,15 @@ class TorchNeighborSampler(BaseSampler):
         seeds = seeds.to(self.device, torch.long)
         local = self._local
         nodes = [seeds]
-        local[seeds] = torch.arange(seeds.numel(), device=self.device)
-        frontier, frontier_local = seeds, local[seeds]
+        frontier, frontier_local = seeds, torch.arange(seeds.numel(), device=self.device)
+        local[seeds] = frontier_local
         num_nodes_total = seeds.numel()
         rows, cols, edges = [], [], []
         num_sampled_nodes, num_sampled_edges = [seeds.numel()], []
         try:
             for fanout in self.num_neighbors:
                 nbr, target_local, eid = self._sample_hop(frontier, frontier_local, fanout)
-                new = nbr[local[nbr] < 0]
-                new = torch.unique(new)  # sorted by global id
+                new = self._first_occurrences(nbr[local[nbr] < 0])
                 local[new] = torch.arange(num_nodes_total, num_nodes_total + new.numel(),
                                           device=self.device)
                 num_nodes_total += new.numel()
@@ -120,65 +120,85 @@ class TorchNeighborSampler(BaseSampler):
             num_sampled_edges=num_sampled_edges,
         )
 
+    def _first_occurrences(self, candidates: Tensor) -> Tensor:
+        """Distinct values of ``candidates`` in order of first occurrence, in ``O(len)``: the
+        node table (all -1 for these nodes) records each node's first position, deterministic
+        (a scatter-min) and without sorting."""
+        if candidates.numel() == 0:
+            return candidates
+        position = torch.arange(candidates.numel(), device=self.device)
+        table = self._local
+        table[candidates] = candidates.numel()
+        table.scatter_reduce_(0, candidates, position, reduce="amin")
+        # the caller overwrites every entry touched here with the new local ids
+        return candidates[table[candidates] == position]
+
+    #: Up to this many candidate neighbours in a hop, one sort over random keys picks them
+    #: (few operations: small batches are bound by per-operation overhead); above it, Floyd's
+    #: algorithm (no sort, cost independent of degrees).
+    sort_limit: int = 1 << 14
+
     def _sample_hop(self, nodes: Tensor, nodes_local: Tensor,
                     fanout: int) -> tuple[Tensor, Tensor, Tensor]:
         """Pick neighbours of every node in ``nodes``; returns (neighbour global ids,
         target local ids, original edge ids), grouped by target in ``nodes`` order."""
         start = self.colptr[nodes]
-        deg = self.colptr[nodes + 1] - start
+        deg = self.deg[nodes]
         if fanout < 0:
             count = deg
         elif self.replace:
-            count = torch.where(deg > 0, torch.full_like(deg, fanout), deg)
+            count = torch.where(deg > 0, fanout, 0)
         else:
             count = deg.clamp(max=fanout)
         total = int(count.sum())
         owner = torch.repeat_interleave(torch.arange(nodes.numel(), device=self.device), count,
                                         output_size=total)
+        # rank of each pick within its node: 0 .. count-1
+        rank = torch.arange(total, device=self.device) - (torch.cumsum(count, 0) - count)[owner]
         if fanout < 0:
-            # All neighbours: offsets 0..deg-1 within each node's CSC range.
-            offset = torch.arange(total, device=self.device) - (torch.cumsum(count, 0)
-                                                                - count)[owner]
+            offset = rank
         elif self.replace:
-            rand = torch.rand(total, generator=self.generator, device=self.device)
+            rand = torch.rand(total, generator=self.generator, device=self.device,
+                              dtype=torch.float64)
             offset = (rand * deg[owner]).long()
         else:
-            offset = self._choose_without_replacement(deg, count, owner, fanout)
+            num_candidates = int(deg.sum())
+            if num_candidates <= self.sort_limit:
+                offset = self._smallest_keys(deg, num_candidates, owner, rank)
+            else:
+                offset = self._floyd(deg, owner, rank, fanout)
         pos = start[owner] + offset
         return self.row[pos], nodes_local[owner], self.edge_id[pos]
 
-    def _choose_without_replacement(self, deg: Tensor, count: Tensor, owner: Tensor,
-                                    fanout: int) -> Tensor:
-        """Offsets of ``count[i]`` distinct neighbours per node, uniformly at random.
+    def _smallest_keys(self, deg: Tensor, num_candidates: int, owner: Tensor,
+                       rank: Tensor) -> Tensor:
+        """Every candidate gets a random key; each node keeps its ``count`` smallest. One sort
+        of ``node + key`` shuffles inside each node's range and keeps the ranges in place."""
+        cand_owner = torch.repeat_interleave(torch.arange(deg.numel(), device=self.device),
+                                             deg, output_size=num_candidates)
+        keys = torch.rand(num_candidates, generator=self.generator, device=self.device,
+                          dtype=torch.float64) + cand_owner
+        cand_start = (torch.cumsum(deg, 0) - deg)[owner]
+        return torch.argsort(keys)[cand_start + rank] - cand_start
 
-        Nodes with ``deg <= fanout`` take every neighbour. For the others, every neighbour
-        gets a random key and the ``fanout`` smallest keys win; keys are sorted once for the
-        whole hop (segment id in the integer part, key in the fraction), so the cost is
-        ``O(sum of sampled-node degrees)`` with no Python loop.
-        """
-        full = deg <= fanout
-        offset_all = torch.arange(owner.numel(), device=self.device) - (
-            torch.cumsum(count, 0) - count)[owner]
-        heavy = (~full).nonzero().view(-1)
-        if heavy.numel() == 0:
-            return offset_all
-        heavy_deg = deg[heavy]
-        n_cand = int(heavy_deg.sum())
-        seg = torch.repeat_interleave(torch.arange(heavy.numel(), device=self.device),
-                                      heavy_deg, output_size=n_cand)
-        cand_offset = torch.arange(n_cand, device=self.device) - (
-            torch.cumsum(heavy_deg, 0) - heavy_deg)[seg]
-        keys = torch.rand(n_cand, generator=self.generator, device=self.device,
-                          dtype=torch.float64) + seg.to(torch.float64)
-        order = torch.argsort(keys)
-        # After sorting, segment s occupies [cum[s], cum[s] + deg[s]); keep the first fanout.
-        seg_start = torch.cumsum(heavy_deg, 0) - heavy_deg
-        take = (torch.arange(fanout, device=self.device).unsqueeze(0)
-                + seg_start.unsqueeze(1)).view(-1)
-        chosen = cand_offset[order[take]]  # [heavy * fanout], grouped by heavy node
-        heavy_mask = (~full)[owner]
-        offset_all[heavy_mask] = chosen
-        return offset_all
+    def _floyd(self, deg: Tensor, owner: Tensor, rank: Tensor, fanout: int) -> Tensor:
+        """Robert Floyd's uniform ``fanout``-subset of ``range(deg)`` for all nodes whose degree
+        exceeds the fanout at once: ``fanout`` vectorised steps of ``O(nodes x fanout)``."""
+        offset = rank.clone()  # nodes with deg <= fanout take every neighbour
+        heavy = deg > fanout
+        d = deg[heavy]
+        if d.numel() == 0:
+            return offset
+        rand = torch.rand(d.numel(), fanout, generator=self.generator, device=self.device,
+                          dtype=torch.float64)
+        chosen = torch.empty(d.numel(), fanout, dtype=torch.long, device=self.device)
+        for i in range(fanout):
+            j = d - fanout + i  # pick t in [0, j]; if taken already, take j instead
+            t = (rand[:, i] * (j + 1)).long()
+            taken = (chosen[:, :i] == t.unsqueeze(1)).any(dim=1)
+            chosen[:, i] = torch.where(taken, j, t)
+        offset[heavy[owner]] = chosen.view(-1)
+        return offset
 
 
 def make_neighbor_loader(data: Data, num_neighbors: Sequence[int], *, batch_size: int,
