@@ -46,8 +46,11 @@ def batch_bytes(batch: Data) -> int:
     return sum(v.numel() * v.element_size() for _, v in batch if isinstance(v, torch.Tensor))
 
 
+CPU = torch.device("cpu")
+
+
 def sampler_throughput(bench, data: Data, backend: str, batch_size: int, group: str,
-                       device: torch.device = torch.device("cpu"), **kw: Any) -> None:
+                       device: torch.device = CPU, **kw: Any) -> None:
     loader = make_neighbor_loader(data, [10, 10], batch_size=batch_size, shuffle=True,
                                   backend=backend, seed=0)
     batches = itertools.cycle(loader) if len(loader) < 64 else iter(loader)
