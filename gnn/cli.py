@@ -6,6 +6,7 @@ Every bad input ends in one line on stderr and exit code 2, before any file is w
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -46,6 +47,10 @@ def build_parser() -> Parser:
     train.add_argument("--json", help="write the full result record to this path")
     train.add_argument("--progress", action="store_true", default=None,
                        help="show a progress bar over epochs")
+    train.add_argument("--distributed", action="store_true",
+                       help="data-parallel training (DDP) in --nproc local processes; under "
+                            "torchrun (WORLD_SIZE set) every process is one rank anyway")
+    train.add_argument("--nproc", type=int, help="processes for --distributed (default 2)")
 
     smoke = sub.add_parser("smoke", help="check the installation and that Cora loads")
     smoke.add_argument("--root", help="data root")
@@ -69,9 +74,21 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     resolve_device(cfg.train.device)
-    if args.json:
+    if args.nproc is not None and not args.distributed:
+        raise UsageError("--nproc: only with --distributed")
+    env = None
+    if args.distributed or "WORLD_SIZE" in os.environ:
+        from gnn import distributed
+
+        distributed.check_config(cfg)
+        env = distributed.DistEnv.from_environ()
+    if args.json and (env is None or env.rank == 0):
         check_output_file(args.json, "--json")
-    result = fit(cfg)
+    if args.distributed and env is None:  # the launcher: the ranks do the work
+        return distributed.launch_local(args.nproc or 2, args.argv, cfg.train.device)
+    result = fit(cfg) if env is None else distributed.train_rank(cfg, env)
+    if result is None:  # a rank other than 0
+        return 0
     print(summary_line(result))
     if args.json:
         write_json(args.json, public_record(result))
@@ -111,10 +128,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
     try:
         args = build_parser().parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)  # for a distributed relaunch
         return COMMANDS[args.command](args)
     except (UsageError, ConfigError, DataError) as exc:
         return _fail(str(exc), EXIT_BAD_INPUT)
-    except TrainingError as exc:
-        return _fail(str(exc), 1)
+    except TrainingError as exc:  # a distributed launcher passes on its failed rank's code
+        return _fail(str(exc), getattr(exc, "exit_code", 1))
     except KeyboardInterrupt:
         return _fail("interrupted", 130)

@@ -14,18 +14,20 @@ reached in the previous hop, and without replacement a node of in-degree ``d`` g
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import Sampler
 from torch_geometric.data import Data
 from torch_geometric.loader import NeighborLoader
 from torch_geometric.sampler import BaseSampler, NodeSamplerInput, SamplerOutput
 
 from gnn.config import Config, ConfigError
+from gnn.training import Batching
 
 
 def pyg_sampler_available() -> bool:
@@ -201,13 +203,14 @@ class TorchNeighborSampler(BaseSampler):
         return offset
 
 
-def make_neighbor_loader(data: Data, num_neighbors: Sequence[int], *, batch_size: int,
+def make_neighbor_loader(data: Data, num_neighbors: Sequence[int], *, batch_size: int = 1,
                          input_nodes: Tensor | None = None, shuffle: bool = False,
                          replace: bool = False, backend: str = "auto",
                          seed: int | None = None, device: torch.device | str | None = None,
                          **kwargs: Any) -> NeighborLoader:
     """A PyG ``NeighborLoader`` whose sampler is PyG's own (``pyg``) or ours (``torch``);
-    ``auto`` picks PyG's when pyg-lib or torch-sparse is importable."""
+    ``auto`` picks PyG's when pyg-lib or torch-sparse is importable. ``kwargs`` go to the
+    ``DataLoader`` (e.g. ``batch_sampler``, which replaces ``batch_size`` and ``shuffle``)."""
     if backend == "auto":
         backend = "pyg" if pyg_sampler_available() else "torch"
     sampler = None
@@ -228,7 +231,7 @@ def make_neighbor_loader(data: Data, num_neighbors: Sequence[int], *, batch_size
 
 
 @dataclass
-class SampledBatching:
+class SampledBatching(Batching):
     """Mini-batch training on sampled subgraphs; evaluation without sampling noise
     (layer-wise full-graph inference) or with it (``sampler.inference: sampled``)."""
 
@@ -241,19 +244,28 @@ class SampledBatching:
     inference_dtype: str = "float32"
 
     @classmethod
-    def from_config(cls, cfg: Config, data: Data, device: torch.device) -> SampledBatching:
+    def from_config(cls, cfg: Config, data: Data, device: torch.device, *,
+                    seed: int | None = None, batch_sampler: Sampler[list[int]] | None = None,
+                    transform: Callable[[Data], Data] | None = None,
+                    **fields: Any) -> SampledBatching:
+        """Loaders as configured. A distributed run passes its rank's ``seed`` for neighbour
+        sampling and a ``batch_sampler`` over the training seeds (positions in the train mask);
+        ``transform`` sees every training batch; ``fields`` fill a subclass's own fields."""
         sc = cfg.sampler
         graph = Data(x=data.x, edge_index=data.edge_index, y=data.y, num_nodes=data.num_nodes)
         if device.type != "cpu":
             graph = graph.to(device)  # sample and gather features where the model runs
-        common = {"backend": sc.backend, "seed": cfg.train.seed, "replace": sc.replace}
-        train_loader = make_neighbor_loader(graph, sc.fanout, batch_size=sc.batch_size,
-                                            input_nodes=data.train_mask, shuffle=True, **common)
+        common = {"backend": sc.backend, "seed": cfg.train.seed if seed is None else seed,
+                  "replace": sc.replace}
+        batches: dict[str, Any] = ({"batch_size": sc.batch_size, "shuffle": True}
+                                   if batch_sampler is None else {"batch_sampler": batch_sampler})
+        train_loader = make_neighbor_loader(graph, sc.fanout, input_nodes=data.train_mask,
+                                            transform=transform, **batches, **common)
         layerwise = sc.inference == "layerwise"
         eval_loader = make_neighbor_loader(graph, [-1] if layerwise else sc.fanout,
                                            batch_size=sc.inference_batch_size, **common)
         return cls(graph, train_loader, eval_loader, layerwise, sc.trim, device,
-                   cfg.train.inference_dtype)
+                   inference_dtype=cfg.train.inference_dtype, **fields)
 
     def train_epoch(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> float:
         model.train()

@@ -75,15 +75,23 @@ def inference_context(device: torch.device, dtype: str) -> contextlib.AbstractCo
 
 
 class Batching(Protocol):
-    """How an epoch feeds the model: the whole graph at once, or sampled mini-batches."""
+    """How an epoch feeds the model: the whole graph at once, or sampled mini-batches (on one
+    process, or on this rank's share of the seeds in a distributed run)."""
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """The module that training calls: the model itself, or e.g. a DDP wrapper of it."""
+        return model
 
     def train_epoch(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> float: ...
 
     def predict(self, model: nn.Module) -> Tensor: ...
 
 
+BatchingFactory = Callable[[Config, Data, torch.device], Batching]
+
+
 @dataclass
-class FullBatch:
+class FullBatch(Batching):
     x: Tensor
     edge_index: Tensor
     y: Tensor
@@ -123,17 +131,21 @@ class History:
 
 
 def fit(cfg: Config, data: Data | None = None,
-        on_epoch: Callable[[int, float, float], None] | None = None) -> dict[str, Any]:
-    """Train one model as configured and return the full result record."""
+        on_epoch: Callable[[int, float, float], None] | None = None,
+        batching: BatchingFactory = make_batching) -> dict[str, Any]:
+    """Train one model as configured and return the full result record. ``batching`` builds
+    how epochs feed the model; ``gnn.distributed`` passes its per-rank one."""
     device = resolve_device(cfg.train.device)
     if data is None:
         data = load_dataset(cfg.data)
     set_seed(cfg.train.seed)
     model = build_model(cfg.model, data.num_features, num_classes(data)).to(device)
-    forward_model = torch.compile(model) if cfg.train.compile else model
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr,
                                  weight_decay=cfg.train.weight_decay)
-    batching = make_batching(cfg, data, device)
+    feed = batching(cfg, data, device)
+    forward_model = feed.wrap(model)
+    if cfg.train.compile:
+        forward_model = torch.compile(forward_model)
     y = data.y.to(device)
     train_mask, val_mask = data.train_mask.to(device), data.val_mask.to(device)
 
@@ -148,10 +160,10 @@ def fit(cfg: Config, data: Data | None = None,
         epochs = tqdm(epochs, desc=f"{cfg.model.name} seed {cfg.train.seed}", leave=False)
     for epoch in epochs:
         with loop_timer:
-            loss = batching.train_epoch(forward_model, optimizer)
+            loss = feed.train_epoch(forward_model, optimizer)
         if not math.isfinite(loss):
             raise TrainingError(f"non-finite loss ({loss}) at epoch {epoch}")
-        logits = batching.predict(forward_model)
+        logits = feed.predict(forward_model)
         pred = logits.argmax(dim=-1)
         train_acc = float((pred[train_mask] == y[train_mask]).float().mean())
         val_acc = float((pred[val_mask] == y[val_mask]).float().mean())
@@ -169,7 +181,7 @@ def fit(cfg: Config, data: Data | None = None,
 
     assert best_state is not None
     model.load_state_dict(best_state)
-    logits = batching.predict(forward_model)
+    logits = feed.predict(forward_model)
     result: dict[str, Any] = {
         "model": cfg.model.name, "dataset": data.name, "seed": cfg.train.seed,
         "device": str(device), "sampled": cfg.sampler.enabled,
@@ -200,7 +212,8 @@ def summary_line(result: dict[str, Any]) -> str:
             f"device={result['device']} test_acc={result['test_acc']:.4f} "
             f"test_macro_f1={result['test_macro_f1']:.4f} "
             f"total_train_time_s={result['total_train_time_s']:.3f} "
-            f"train_loop_time_s={result['train_loop_time_s']:.3f}")
+            f"train_loop_time_s={result['train_loop_time_s']:.3f}"
+            + (f" world_size={result['world_size']}" if "world_size" in result else ""))
 
 
 def public_record(result: dict[str, Any]) -> dict[str, Any]:

@@ -112,5 +112,6 @@ def test_fast_training_matches_reference_recipe_accuracy(cora: Data) -> None:
         ours.append(run("gcn", cora, seed)["test_acc"])
         set_seed(seed)
         ref.append(reference_train(reference_model("gcn", cora.num_features, 16, 7), cora))
-    print(f"\nGCN 5 seeds: ours {statistics.fmean(ours):.4f}, reference {statistics.fmean(ref):.4f}")
+    print(f"\nGCN 5 seeds: ours {statistics.fmean(ours):.4f}, "
+          f"reference {statistics.fmean(ref):.4f}")
     assert abs(statistics.fmean(ours) - statistics.fmean(ref)) <= 0.005
