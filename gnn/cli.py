@@ -1,6 +1,8 @@
-"""Command line: ``gnn train``, ``gnn smoke``.
+"""Command line: ``gnn train``, ``gnn predict``, ``gnn smoke``.
 
 Every bad input ends in one line on stderr and exit code 2, before any file is written.
+Ctrl-C ends with exit code 130 and SIGTERM with 143, files already written stay complete and
+none is left half-written.
 """
 
 from __future__ import annotations
@@ -12,8 +14,12 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from gnn.config import Config, ConfigError, load_config
+from gnn.files import Terminated, sigterm_raises
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+SPLITS = ("train", "val", "test", "all")
 
 
 class UsageError(Exception):
@@ -44,8 +50,23 @@ def build_parser() -> Parser:
     train = sub.add_parser("train", help="train one model from a YAML config")
     _add_run_options(train)
     train.add_argument("--json", help="write the full result record to this path")
+    train.add_argument("--save", metavar="PATH",
+                       help="write a checkpoint (best weights, config, dataset identity)")
     train.add_argument("--progress", action="store_true", default=None,
                        help="show a progress bar over epochs")
+
+    predict = sub.add_parser("predict", help="predict classes with a saved checkpoint")
+    predict.add_argument("--checkpoint", required=True, metavar="PATH",
+                         help="checkpoint written by gnn train --save")
+    predict.add_argument("--nodes", nargs="+", default=["all"], metavar="N",
+                         help="node ids (space or comma separated) or one of "
+                              f"{', '.join(SPLITS)} (default: all)")
+    predict.add_argument("--out", metavar="PATH", help="write CSV here (default: stdout)")
+    predict.add_argument("--root", help="data root (overrides the checkpoint's data.root)")
+    predict.add_argument("--dataset", help="predict on this dataset (default: the checkpoint's)")
+    predict.add_argument("--device", help="cpu or cuda (default: cpu)")
+    predict.add_argument("--trust-data", action="store_true", default=None,
+                         help="accept raw files whose SHA-256 differs (warning)")
 
     smoke = sub.add_parser("smoke", help="check the installation and that Cora loads")
     smoke.add_argument("--root", help="data root")
@@ -69,12 +90,74 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     resolve_device(cfg.train.device)
-    if args.json:
-        check_output_file(args.json, "--json")
+    for path, flag in ((args.json, "--json"), (args.save, "--save")):
+        if path:
+            check_output_file(path, flag)
     result = fit(cfg)
     print(summary_line(result))
+    if args.save:
+        from gnn.checkpoint import save_checkpoint
+
+        metrics = {k: result[k] for k in ("best_epoch", "train_acc", "val_acc", "test_acc")}
+        save_checkpoint(args.save, result["_model"], cfg, result["_data"], metrics)
     if args.json:
         write_json(args.json, public_record(result))
+    return 0
+
+
+def select_nodes(tokens: Sequence[str], data: Any) -> Any:
+    """Node ids from ``--nodes``: ids (space or comma separated) or a split name."""
+    import torch
+
+    if len(tokens) == 1 and tokens[0] in SPLITS:
+        if tokens[0] == "all":
+            return torch.arange(data.num_nodes)
+        return getattr(data, f"{tokens[0]}_mask").nonzero().view(-1)
+    ids: list[int] = []
+    for token in (t for arg in tokens for t in arg.split(",") if t.strip()):
+        try:
+            ids.append(int(token))
+        except ValueError:
+            raise UsageError(f"--nodes: expected node ids or one of {', '.join(SPLITS)}, "
+                             f"got {token[:40]!r}") from None
+    bad = [i for i in ids if not 0 <= i < data.num_nodes]
+    if bad or not ids:
+        raise UsageError(f"--nodes: node {bad[0]} is out of range for {data.name} "
+                         f"({data.num_nodes} nodes: 0..{data.num_nodes - 1})" if bad
+                         else "--nodes: no node ids given")
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import torch
+
+    from gnn.checkpoint import load_checkpoint
+    from gnn.data import load_dataset
+    from gnn.files import atomic_write_text, check_output_file
+    from gnn.training import resolve_device
+
+    ckpt = load_checkpoint(args.checkpoint)
+    cfg = ckpt.config.override({"data.root": args.root, "data.name": args.dataset,
+                                "data.trust_data": args.trust_data,
+                                "train.device": args.device or "cpu"})
+    device = resolve_device(cfg.train.device)
+    if args.out:
+        check_output_file(args.out, "--out")
+    data = load_dataset(cfg.data)
+    ckpt.check_data(data, trust_data=cfg.data.trust_data)
+    nodes = select_nodes(args.nodes, data)
+    logits = ckpt.predict(data, device)[nodes]
+    pred, proba = logits.argmax(dim=-1), torch.softmax(logits.double(), dim=-1)
+    header = ["node", "pred", *(f"prob_{c}" for c in range(proba.size(1)))]
+    lines = [",".join(header)]
+    for node, label, row in zip(nodes.tolist(), pred.tolist(), proba.tolist(), strict=True):
+        lines.append(",".join([str(node), str(label), *(f"{p:.6f}" for p in row)]))
+    text = "\n".join(lines) + "\n"
+    if args.out:
+        atomic_write_text(args.out, text)
+        print(f"{len(nodes)} predictions for {data.name} written to {args.out}")
+    else:
+        sys.stdout.write(text)
     return 0
 
 
@@ -96,7 +179,7 @@ def cmd_smoke(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-COMMANDS = {"train": cmd_train, "smoke": cmd_smoke}
+COMMANDS = {"train": cmd_train, "predict": cmd_predict, "smoke": cmd_smoke}
 
 
 def _fail(message: str, code: int) -> int:
@@ -104,17 +187,31 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str,
+                      lineno: int, file: Any = None, line: str | None = None) -> None:
+    print(f"gnn: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; return its exit code (0 ok, 1 failed, 2 bad input, 130/143 stopped)."""
+    from gnn.checkpoint import CheckpointError
     from gnn.data import DataError
     from gnn.training import TrainingError
 
-    warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-    try:
-        args = build_parser().parse_args(argv)
-        return COMMANDS[args.command](args)
-    except (UsageError, ConfigError, DataError) as exc:
-        return _fail(str(exc), EXIT_BAD_INPUT)
-    except TrainingError as exc:
-        return _fail(str(exc), 1)
-    except KeyboardInterrupt:
-        return _fail("interrupted", 130)
+    with warnings.catch_warnings(), sigterm_raises():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        warnings.showwarning = _one_line_warning
+        try:
+            try:
+                args = build_parser().parse_args(argv)
+            except SystemExit as exc:  # --help; errors raise UsageError instead
+                return exc.code if isinstance(exc.code, int) else 0
+            return COMMANDS[args.command](args)
+        except (UsageError, ConfigError, DataError, CheckpointError) as exc:
+            return _fail(str(exc), EXIT_BAD_INPUT)
+        except TrainingError as exc:
+            return _fail(str(exc), 1)
+        except KeyboardInterrupt:
+            return _fail("interrupted (SIGINT); no partial file was written", EXIT_INTERRUPTED)
+        except Terminated:
+            return _fail("terminated (SIGTERM); no partial file was written", EXIT_TERMINATED)
