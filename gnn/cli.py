@@ -8,6 +8,7 @@ none is left half-written.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import warnings
 from collections.abc import Sequence
@@ -187,6 +188,20 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+def _out_of_memory(exc: BaseException) -> bool:
+    """A model or batch too large for the machine (torch reports CPU exhaustion as a plain
+    RuntimeError): the size came from the user, so it gets one line, not a traceback."""
+    import torch
+
+    return isinstance(exc, (MemoryError, torch.OutOfMemoryError)) \
+        or "can't allocate memory" in str(exc)
+
+
+def _allocation(exc: BaseException) -> str:
+    found = re.search(r"tried to allocate ([\d.]+ ?\w+)", str(exc), re.IGNORECASE)
+    return f"tried to allocate {found.group(1)}" if found else exc.__class__.__name__
+
+
 def _one_line_warning(message: Warning | str, category: type[Warning], filename: str,
                       lineno: int, file: Any = None, line: str | None = None) -> None:
     print(f"gnn: warning: {' '.join(str(message).split())}", file=sys.stderr)
@@ -211,6 +226,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _fail(str(exc), EXIT_BAD_INPUT)
         except TrainingError as exc:
             return _fail(str(exc), 1)
+        except (MemoryError, RuntimeError) as exc:
+            if not _out_of_memory(exc):
+                raise
+            return _fail(f"out of memory ({_allocation(exc)}); reduce model.hidden_channels "
+                         "or model.num_layers, or use a larger machine", 1)
         except KeyboardInterrupt:
             return _fail("interrupted (SIGINT); no partial file was written", EXIT_INTERRUPTED)
         except Terminated:

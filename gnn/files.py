@@ -15,33 +15,47 @@ from typing import Any
 from gnn.config import ConfigError
 
 
-def ensure_writable_dir(path: str | os.PathLike[str], what: str) -> Path:
-    """Create ``path`` if needed and check it can be written, before any work is done.
-
-    The check creates and removes a probe file: ``os.access`` says yes to root on a read-only
-    folder and to pseudo file systems such as ``/proc``, and the write would fail hours later.
-    """
-    path = Path(path)
+def _probe_writable(folder: Path, what: str) -> None:
+    """Create and remove a file in ``folder``: ``os.access`` says yes to root on a read-only
+    folder and to pseudo file systems such as ``/proc``, and the write would fail hours later."""
     try:
-        path.mkdir(parents=True, exist_ok=True)
-    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
-        reason = getattr(exc, "strerror", None) or str(exc)
-        raise ConfigError(f"{what}: cannot create folder {path} ({reason})") from None
-    try:
-        fd, probe = tempfile.mkstemp(dir=path, prefix=".gnn-write-probe-")
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".gnn-write-probe-")
     except OSError as exc:
-        raise ConfigError(f"{what}: folder {path} is not writable ({exc.strerror})") from None
+        raise ConfigError(f"{what}: folder {folder} is not writable ({exc.strerror})") from None
     os.close(fd)
     os.unlink(probe)
+
+
+def _refuse_nul(path: Path, what: str) -> None:
+    if "\x00" in str(path):
+        raise ConfigError(f"{what}: the path {str(path)!r} contains a NUL byte")
+
+
+def ensure_writable_dir(path: str | os.PathLike[str], what: str) -> Path:
+    """Create ``path`` if needed and check it can be written, before any work is done."""
+    path = Path(path)
+    _refuse_nul(path, what)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot create folder {path} ({exc.strerror})") from None
+    _probe_writable(path, what)
     return path
 
 
 def check_output_file(path: str | os.PathLike[str], what: str) -> Path:
-    """Refuse an output path that cannot be written, before any work is done."""
+    """Refuse an output path that cannot be written, before any work is done. Missing folders
+    are not created here (the writers create them), so a refused command leaves nothing."""
     path = Path(path)
+    _refuse_nul(path, what)
     if path.is_dir():
         raise ConfigError(f"{what}: {path} is a folder, expected a file path")
-    ensure_writable_dir(path.parent if str(path.parent) else Path("."), what)
+    existing = path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{what}: cannot write {path}: {existing} is not a folder")
+    _probe_writable(existing, what)
     return path
 
 
@@ -55,6 +69,7 @@ def _new_file_mode() -> int:
 def atomic_write_bytes(path: str | os.PathLike[str], payload: bytes) -> None:
     """Write to a temporary file beside ``path`` and rename it into place."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, _new_file_mode())  # mkstemp's 0600 would hide results from the group

@@ -192,4 +192,20 @@ def test_unwritable_output_folder_exits_2_before_training(
         assert err.startswith(f"gnn: error: {flag}: ") and str(folder) in err
         assert not (folder / "out.file").exists()
     assert flag in run_error(capsys, ["train", flag, str(tmp_path)])  # a folder, not a file
-    assert "cannot create folder" in run_error(capsys, ["train", flag, "x\x00y/out"])
+    assert "contains a NUL byte" in run_error(capsys, ["train", flag, "x\x00y/out"])
+    assert not (tmp_path / "new").exists()  # nothing created for a refused command
+    run_error(capsys, ["train", "--json", str(tmp_path / "new" / "r.json"),
+                       "--save", str(tmp_path / "a_file" / "m.pt")])  # --json fine, --save not
+    assert not (tmp_path / "new").exists()
+
+
+def test_model_too_large_for_memory_is_one_line(data_root: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "huge.yaml"
+    path.write_text("model:\n  hidden_channels: 1000000000000\n")
+    out = tmp_path / "out.json"
+    assert main(["train", "--config", str(path), "--root", str(data_root),
+                 "--json", str(out)]) == 1
+    err = one_line_error(capsys)
+    assert "out of memory (tried to allocate 5732000000000000 bytes)" in err
+    assert not out.exists()
