@@ -106,14 +106,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def select_nodes(tokens: Sequence[str], data: Any) -> Any:
-    """Node ids from ``--nodes``: ids (space or comma separated) or a split name."""
-    import torch
-
+def parse_nodes(tokens: Sequence[str]) -> str | list[int]:
+    """``--nodes``: a split name, or node ids (space or comma separated); checked before any
+    data is loaded (the range is checked by :func:`select_nodes`)."""
     if len(tokens) == 1 and tokens[0] in SPLITS:
-        if tokens[0] == "all":
-            return torch.arange(data.num_nodes)
-        return getattr(data, f"{tokens[0]}_mask").nonzero().view(-1)
+        return tokens[0]
     ids: list[int] = []
     for token in (t for arg in tokens for t in arg.split(",") if t.strip()):
         try:
@@ -121,22 +118,45 @@ def select_nodes(tokens: Sequence[str], data: Any) -> Any:
         except ValueError:
             raise UsageError(f"--nodes: expected node ids or one of {', '.join(SPLITS)}, "
                              f"got {token[:40]!r}") from None
-    bad = [i for i in ids if not 0 <= i < data.num_nodes]
-    if bad or not ids:
+    if not ids:
+        raise UsageError("--nodes: no node ids given")
+    return ids
+
+
+def select_nodes(spec: str | list[int], data: Any) -> Any:
+    """The node ids of a parsed ``--nodes`` on this dataset."""
+    import torch
+
+    if spec == "all":
+        return torch.arange(data.num_nodes)
+    if isinstance(spec, str):
+        return getattr(data, f"{spec}_mask").nonzero().view(-1)
+    bad = [i for i in spec if not 0 <= i < data.num_nodes]
+    if bad:
         raise UsageError(f"--nodes: node {bad[0]} is out of range for {data.name} "
-                         f"({data.num_nodes} nodes: 0..{data.num_nodes - 1})" if bad
-                         else "--nodes: no node ids given")
-    return torch.tensor(ids, dtype=torch.long)
+                         f"({data.num_nodes} nodes: 0..{data.num_nodes - 1})")
+    return torch.tensor(spec, dtype=torch.long)
+
+
+def predictions_csv(nodes: Any, logits: Any) -> str:
+    """One row per node: id, predicted class (argmax of the logits, as in training's metrics)
+    and the class probabilities."""
+    import torch
+
+    pred, proba = logits.argmax(dim=-1), torch.softmax(logits.double(), dim=-1)
+    lines = [",".join(["node", "pred", *(f"prob_{c}" for c in range(proba.size(1)))])]
+    for node, label, row in zip(nodes.tolist(), pred.tolist(), proba.tolist(), strict=True):
+        lines.append(",".join([str(node), str(label), *(f"{p:.6f}" for p in row)]))
+    return "\n".join(lines) + "\n"
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import torch
-
     from gnn.checkpoint import load_checkpoint
     from gnn.data import load_dataset
     from gnn.files import atomic_write_text, check_output_file
     from gnn.training import resolve_device
 
+    spec = parse_nodes(args.nodes)
     ckpt = load_checkpoint(args.checkpoint)
     cfg = ckpt.config.override({"data.root": args.root, "data.name": args.dataset,
                                 "data.trust_data": args.trust_data,
@@ -146,14 +166,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         check_output_file(args.out, "--out")
     data = load_dataset(cfg.data)
     ckpt.check_data(data, trust_data=cfg.data.trust_data)
-    nodes = select_nodes(args.nodes, data)
-    logits = ckpt.predict(data, device)[nodes]
-    pred, proba = logits.argmax(dim=-1), torch.softmax(logits.double(), dim=-1)
-    header = ["node", "pred", *(f"prob_{c}" for c in range(proba.size(1)))]
-    lines = [",".join(header)]
-    for node, label, row in zip(nodes.tolist(), pred.tolist(), proba.tolist(), strict=True):
-        lines.append(",".join([str(node), str(label), *(f"{p:.6f}" for p in row)]))
-    text = "\n".join(lines) + "\n"
+    nodes = select_nodes(spec, data)
+    text = predictions_csv(nodes, ckpt.predict(data, device)[nodes])
     if args.out:
         atomic_write_text(args.out, text)
         print(f"{len(nodes)} predictions for {data.name} written to {args.out}")

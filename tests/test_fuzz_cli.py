@@ -70,6 +70,14 @@ documents = st.one_of(
 )
 
 
+def fuzz(examples: int) -> Any:
+    """Settings for these tests: no deadline (the machine is shared); the stubs fixture is
+    per test, not per example, which is fine since it only records calls."""
+    return settings(max_examples=examples, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow,
+                                           HealthCheck.function_scoped_fixture])
+
+
 class Stubs:
     """A fit() that returns at once (with a tiny real model, so --save works)."""
 
@@ -149,8 +157,7 @@ def _check_document(path: Path, root: Path, stubs: Stubs) -> None:
         assert json.loads((out / "r.json").read_text())["model"] == stubs.calls[-1].model.name
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                  HealthCheck.function_scoped_fixture])
+@fuzz(200)
 @given(document=documents)
 def test_random_yaml_documents(document: Any, stubs: Stubs) -> None:
     with workdir() as root:
@@ -159,8 +166,7 @@ def test_random_yaml_documents(document: Any, stubs: Stubs) -> None:
         _check_document(path, root, stubs)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                  HealthCheck.function_scoped_fixture])
+@fuzz(100)
 @given(text=st.one_of(st.text(max_size=200), st.binary(max_size=200)))
 def test_random_text_as_config(text: str | bytes, stubs: Stubs) -> None:
     with workdir() as root:
@@ -177,8 +183,7 @@ FLAGS = ["--config", "--model", "--dataset", "--root", "--seed", "--epochs", "--
          "-h", "--help", "--", "-", "--e", "--nope"]
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                  HealthCheck.function_scoped_fixture])
+@fuzz(200)
 @given(data=st.data())
 def test_random_command_lines(data: st.DataObject, stubs: Stubs) -> None:
     with workdir() as root:
