@@ -64,7 +64,7 @@ def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
     return err
 
 
-@pytest.mark.parametrize(("text", "key"), BAD_CONFIGS)
+@pytest.mark.parametrize(("text", "key"), BAD_CONFIGS, ids=[k[:40] for _, k in BAD_CONFIGS])
 def test_bad_config_exits_2_naming_key(text: str, key: str, tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "bad.yaml"

@@ -80,28 +80,34 @@ raise SystemExit(main(sys.argv[1:]))
 """
 
 
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
-                         ids=["SIGINT", "SIGTERM"])
-def test_signal_during_train_exits_cleanly(sig: signal.Signals, code: int, data_root: Path,
-                                           tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    out.mkdir()
-    argv = [sys.executable, "-c", CHILD, "train", "--root", str(data_root), "--model", "mlp",
-            "--epochs", "100000", "--json", str(out / "result.json"),
-            "--save", str(out / "model.pt")]
-    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+def test_sigint_and_sigterm_during_train_exit_cleanly(data_root: Path, tmp_path: Path) -> None:
+    """Both signals, each to its own training process; the two run side by side to halve the
+    wait for their start-up."""
+    cases = {signal.SIGINT: (130, "interrupted (SIGINT)"),
+             signal.SIGTERM: (143, "terminated (SIGTERM)")}
+    procs: dict[signal.Signals, tuple[subprocess.Popen[str], Path]] = {}
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()  # blocks until epoch 2 (or the process died)
-        assert line.strip() == "TRAINING", proc.communicate(timeout=60)
-        proc.send_signal(sig)
-        _, err = proc.communicate(timeout=120)
+        for sig in cases:
+            out = tmp_path / sig.name
+            out.mkdir()
+            argv = [sys.executable, "-c", CHILD, "train", "--root", str(data_root),
+                    "--model", "mlp", "--epochs", "100000", "--json", str(out / "result.json"),
+                    "--save", str(out / "model.pt")]
+            procs[sig] = (subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE,
+                                           stderr=subprocess.PIPE, text=True), out)
+        for sig, (proc, _) in procs.items():
+            assert proc.stdout is not None
+            line = proc.stdout.readline()  # blocks until epoch 2 (or the process died)
+            assert line.strip() == "TRAINING", proc.communicate(timeout=60)
+            proc.send_signal(sig)
+        for sig, (proc, out) in procs.items():
+            code, word = cases[sig]
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == code, err
+            assert err.strip().splitlines() == [f"gnn: error: {word}; no partial file was written"]
+            assert list(out.iterdir()) == []  # no result, no checkpoint, no temporary file
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == code, err
-    word = "interrupted (SIGINT)" if sig == signal.SIGINT else "terminated (SIGTERM)"
-    assert err.strip().splitlines() == [f"gnn: error: {word}; no partial file was written"]
-    assert list(out.iterdir()) == []  # no result, no checkpoint, no temporary file
+        for proc, _ in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
