@@ -1,20 +1,27 @@
-"""Command line: ``gnn train``, ``gnn smoke``.
+"""Command line: ``gnn train``, ``gnn predict``, ``gnn smoke``.
 
 Every bad input ends in one line on stderr and exit code 2, before any file is written.
+Ctrl-C ends with exit code 130 and SIGTERM with 143, files already written stay complete and
+none is left half-written.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import warnings
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from gnn.config import Config, ConfigError, load_config
+from gnn.files import Terminated, sigterm_raises
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+SPLITS = ("train", "val", "test", "all")
 
 
 class UsageError(Exception):
@@ -45,12 +52,27 @@ def build_parser() -> Parser:
     train = sub.add_parser("train", help="train one model from a YAML config")
     _add_run_options(train)
     train.add_argument("--json", help="write the full result record to this path")
+    train.add_argument("--save", metavar="PATH",
+                       help="write a checkpoint (best weights, config, dataset identity)")
     train.add_argument("--progress", action="store_true", default=None,
                        help="show a progress bar over epochs")
     train.add_argument("--distributed", action="store_true",
                        help="data-parallel training (DDP) in --nproc local processes; under "
                             "torchrun (WORLD_SIZE set) every process is one rank anyway")
     train.add_argument("--nproc", type=int, help="processes for --distributed (default 2)")
+
+    predict = sub.add_parser("predict", help="predict classes with a saved checkpoint")
+    predict.add_argument("--checkpoint", required=True, metavar="PATH",
+                         help="checkpoint written by gnn train --save")
+    predict.add_argument("--nodes", nargs="+", default=["all"], metavar="N",
+                         help="node ids (space or comma separated) or one of "
+                              f"{', '.join(SPLITS)} (default: all)")
+    predict.add_argument("--out", metavar="PATH", help="write CSV here (default: stdout)")
+    predict.add_argument("--root", help="data root (overrides the checkpoint's data.root)")
+    predict.add_argument("--dataset", help="predict on this dataset (default: the checkpoint's)")
+    predict.add_argument("--device", help="cpu or cuda (default: cpu)")
+    predict.add_argument("--trust-data", action="store_true", default=None,
+                         help="accept raw files whose SHA-256 differs (warning)")
 
     smoke = sub.add_parser("smoke", help="check the installation and that Cora loads")
     smoke.add_argument("--root", help="data root")
@@ -82,16 +104,93 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         distributed.check_config(cfg)
         env = distributed.DistEnv.from_environ()
-    if args.json and (env is None or env.rank == 0):
-        check_output_file(args.json, "--json")
+    if env is None or env.rank == 0:
+        for path, flag in ((args.json, "--json"), (args.save, "--save")):
+            if path:
+                check_output_file(path, flag)
     if args.distributed and env is None:  # the launcher: the ranks do the work
         return distributed.launch_local(args.nproc or 2, args.argv, cfg.train.device)
     result = fit(cfg) if env is None else distributed.train_rank(cfg, env)
     if result is None:  # a rank other than 0
         return 0
     print(summary_line(result))
+    if args.save:
+        from gnn.checkpoint import save_checkpoint
+
+        metrics = {k: result[k] for k in ("best_epoch", "train_acc", "val_acc", "test_acc")}
+        save_checkpoint(args.save, result["_model"], cfg, result["_data"], metrics)
     if args.json:
         write_json(args.json, public_record(result))
+    return 0
+
+
+def parse_nodes(tokens: Sequence[str]) -> str | list[int]:
+    """``--nodes``: a split name, or node ids (space or comma separated); checked before any
+    data is loaded (the range is checked by :func:`select_nodes`)."""
+    if len(tokens) == 1 and tokens[0] in SPLITS:
+        return tokens[0]
+    ids: list[int] = []
+    for token in (t for arg in tokens for t in arg.split(",") if t.strip()):
+        try:
+            ids.append(int(token))
+        except ValueError:
+            raise UsageError(f"--nodes: expected node ids or one of {', '.join(SPLITS)}, "
+                             f"got {token[:40]!r}") from None
+    if not ids:
+        raise UsageError("--nodes: no node ids given")
+    return ids
+
+
+def select_nodes(spec: str | list[int], data: Any) -> Any:
+    """The node ids of a parsed ``--nodes`` on this dataset."""
+    import torch
+
+    if spec == "all":
+        return torch.arange(data.num_nodes)
+    if isinstance(spec, str):
+        return getattr(data, f"{spec}_mask").nonzero().view(-1)
+    bad = [i for i in spec if not 0 <= i < data.num_nodes]
+    if bad:
+        raise UsageError(f"--nodes: node {bad[0]} is out of range for {data.name} "
+                         f"({data.num_nodes} nodes: 0..{data.num_nodes - 1})")
+    return torch.tensor(spec, dtype=torch.long)
+
+
+def predictions_csv(nodes: Any, logits: Any) -> str:
+    """One row per node: id, predicted class (argmax of the logits, as in training's metrics)
+    and the class probabilities."""
+    import torch
+
+    pred, proba = logits.argmax(dim=-1), torch.softmax(logits.double(), dim=-1)
+    lines = [",".join(["node", "pred", *(f"prob_{c}" for c in range(proba.size(1)))])]
+    for node, label, row in zip(nodes.tolist(), pred.tolist(), proba.tolist(), strict=True):
+        lines.append(",".join([str(node), str(label), *(f"{p:.6f}" for p in row)]))
+    return "\n".join(lines) + "\n"
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from gnn.checkpoint import load_checkpoint
+    from gnn.data import load_dataset
+    from gnn.files import atomic_write_text, check_output_file
+    from gnn.training import resolve_device
+
+    spec = parse_nodes(args.nodes)
+    ckpt = load_checkpoint(args.checkpoint)
+    cfg = ckpt.config.override({"data.root": args.root, "data.name": args.dataset,
+                                "data.trust_data": args.trust_data,
+                                "train.device": args.device or "cpu"})
+    device = resolve_device(cfg.train.device)
+    if args.out:
+        check_output_file(args.out, "--out")
+    data = load_dataset(cfg.data)
+    ckpt.check_data(data, trust_data=cfg.data.trust_data)
+    nodes = select_nodes(spec, data)
+    text = predictions_csv(nodes, ckpt.predict(data, device)[nodes])
+    if args.out:
+        atomic_write_text(args.out, text)
+        print(f"{len(nodes)} predictions for {data.name} written to {args.out}")
+    else:
+        sys.stdout.write(text)
     return 0
 
 
@@ -113,7 +212,7 @@ def cmd_smoke(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-COMMANDS = {"train": cmd_train, "smoke": cmd_smoke}
+COMMANDS = {"train": cmd_train, "predict": cmd_predict, "smoke": cmd_smoke}
 
 
 def _fail(message: str, code: int) -> int:
@@ -121,18 +220,51 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+def _out_of_memory(exc: BaseException) -> bool:
+    """A model or batch too large for the machine (torch reports CPU exhaustion as a plain
+    RuntimeError): the size came from the user, so it gets one line, not a traceback."""
+    import torch
+
+    return isinstance(exc, (MemoryError, torch.OutOfMemoryError)) \
+        or "can't allocate memory" in str(exc)
+
+
+def _allocation(exc: BaseException) -> str:
+    found = re.search(r"tried to allocate ([\d.]+ ?\w+)", str(exc), re.IGNORECASE)
+    return f"tried to allocate {found.group(1)}" if found else exc.__class__.__name__
+
+
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str,
+                      lineno: int, file: Any = None, line: str | None = None) -> None:
+    print(f"gnn: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; return its exit code (0 ok, 1 failed, 2 bad input, 130/143 stopped)."""
+    from gnn.checkpoint import CheckpointError
     from gnn.data import DataError
     from gnn.training import TrainingError
 
-    warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-    try:
-        args = build_parser().parse_args(argv)
-        args.argv = list(sys.argv[1:] if argv is None else argv)  # for a distributed relaunch
-        return COMMANDS[args.command](args)
-    except (UsageError, ConfigError, DataError) as exc:
-        return _fail(str(exc), EXIT_BAD_INPUT)
-    except TrainingError as exc:  # a distributed launcher passes on its failed rank's code
-        return _fail(str(exc), getattr(exc, "exit_code", 1))
-    except KeyboardInterrupt:
-        return _fail("interrupted", 130)
+    with warnings.catch_warnings(), sigterm_raises():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        warnings.showwarning = _one_line_warning
+        try:
+            try:
+                args = build_parser().parse_args(argv)
+            except SystemExit as exc:  # --help; errors raise UsageError instead
+                return exc.code if isinstance(exc.code, int) else 0
+            args.argv = list(sys.argv[1:] if argv is None else argv)  # for a distributed relaunch
+            return COMMANDS[args.command](args)
+        except (UsageError, ConfigError, DataError, CheckpointError) as exc:
+            return _fail(str(exc), EXIT_BAD_INPUT)
+        except TrainingError as exc:  # a distributed launcher passes on its failed rank's code
+            return _fail(str(exc), getattr(exc, "exit_code", 1))
+        except (MemoryError, RuntimeError) as exc:
+            if not _out_of_memory(exc):
+                raise
+            return _fail(f"out of memory ({_allocation(exc)}); reduce model.hidden_channels "
+                         "or model.num_layers, or use a larger machine", 1)
+        except KeyboardInterrupt:
+            return _fail("interrupted (SIGINT); no partial file was written", EXIT_INTERRUPTED)
+        except Terminated:
+            return _fail("terminated (SIGTERM); no partial file was written", EXIT_TERMINATED)

@@ -55,7 +55,7 @@ class TrainConfig:
     epochs: int = field(default=200, metadata=_range(1))
     lr: float = field(default=0.01, metadata=_range(0.0, lo_open=True))
     weight_decay: float = field(default=5e-4, metadata=_range(0.0))
-    seed: int = field(default=0, metadata=_range(0))
+    seed: int = field(default=0, metadata=_range(0, 2**32 - 1))  # numpy's seed range
     device: str = field(default="cpu", metadata={"choices": ("cpu", "cuda")})
     compile: bool = False
     # Evaluation precision: bfloat16/float16 run the forward under torch.autocast (CUDA or CPU).
@@ -96,7 +96,7 @@ class Config:
         sections = {f.name: f for f in dataclasses.fields(cls)}
         built = {}
         for key, value in raw.items():
-            _check_known(str(key), sections, "")
+            _check_known(_key_name(key), sections, "")
             if value is None:
                 value = {}
             if not isinstance(value, Mapping):
@@ -122,11 +122,11 @@ class Config:
         from gnn.models import MODELS
 
         if self.model.name not in MODELS:
-            raise ConfigError(f"model.name: unknown model {self.model.name!r}"
+            raise ConfigError(f"model.name: unknown model {_show(self.model.name)}"
                               f"{_did_you_mean(self.model.name, MODELS)}; "
                               f"choose from {', '.join(sorted(MODELS))}")
         if self.data.name.lower() not in DATASETS:
-            raise ConfigError(f"data.name: unknown dataset {self.data.name!r}"
+            raise ConfigError(f"data.name: unknown dataset {_show(self.data.name)}"
                               f"{_did_you_mean(self.data.name.lower(), DATASETS)}; choose from "
                               f"{', '.join(sorted(DATASETS.values()))}")
         if self.sampler.enabled:
@@ -140,7 +140,7 @@ class Config:
                     f"{self.model.num_layers}), got {len(self.sampler.fanout)}")
             if any(f == 0 or f < -1 for f in self.sampler.fanout):
                 raise ConfigError("sampler.fanout: entries must be positive or -1 (all "
-                                  f"neighbours), got {self.sampler.fanout}")
+                                  f"neighbours), got {_show(self.sampler.fanout)}")
 
 
 def load_config(path: str | Path | None) -> Config:
@@ -152,16 +152,34 @@ def load_config(path: str | Path | None) -> Config:
         text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # ValueError: a NUL in the path
         raise ConfigError(f"cannot read config file {path}: {exc.__class__.__name__}") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
+        problem = getattr(exc, "problem", None) or getattr(exc, "reason", None) or "invalid YAML"
         raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: malformed YAML: nested too deeply") from None
+    except ValueError as exc:  # an integer beyond Python's 4300-digit conversion limit
+        raise ConfigError(f"{path}: malformed YAML: {str(exc).split(':')[0]}") from None
     return Config.from_dict(raw, source=str(path))
+
+
+def _show(value: Any, limit: int = 80) -> str:
+    """``repr`` for one-line messages: shortened, and safe for integers too long to print
+    (YAML integers have no size limit; ``repr`` refuses those over 4300 digits)."""
+    try:
+        text = repr(value)
+    except ValueError:
+        text = f"<{type(value).__name__} too long to print>"
+    return text if len(text) <= limit else f"{text[:limit - 3]}..."
+
+
+def _key_name(key: Any) -> str:
+    return key if isinstance(key, str) and len(key) <= 80 else _show(key)
 
 
 def _did_you_mean(name: str, choices: typing.Iterable[str]) -> str:
@@ -180,7 +198,7 @@ def _build_section(factory: Any, raw: Mapping[str, Any], prefix: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(defaults)}
     values = {}
     for key, value in raw.items():
-        _check_known(str(key), fields, prefix)
+        _check_known(_key_name(key), fields, prefix)
         values[key] = _coerce(f"{prefix}{key}", value, hints[key], fields[key].metadata)
     return dataclasses.replace(defaults, **values)
 
@@ -206,33 +224,36 @@ def _coerce(key: str, value: Any, tp: Any, meta: Mapping[str, Any]) -> Any:
         return [_coerce(f"{key}[{i}]", v, item_tp, {}) for i, v in enumerate(value)]
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+            raise ConfigError(f"{key}: expected true or false, got {_show(value)}")
     elif tp is int:
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"{key}: expected an integer, got {_show(value)}")
     elif tp is float:
         if isinstance(value, str):  # YAML 1.1 reads "5e-4" as a string
             try:
                 value = float(value)
             except ValueError:
-                raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+                raise ConfigError(f"{key}: expected a number, got {_show(value)}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        value = float(value)
+            raise ConfigError(f"{key}: expected a number, got {_show(value)}")
+        try:
+            value = float(value)
+        except OverflowError:  # YAML integers have no size limit
+            raise ConfigError(f"{key}: expected a finite number, got {_show(value)}") from None
         if value != value or value in (float("inf"), float("-inf")):
-            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+            raise ConfigError(f"{key}: expected a finite number, got {_show(value)}")
     elif tp is str and not isinstance(value, str):
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
+        raise ConfigError(f"{key}: expected a string, got {_show(value)}")
     if "choices" in meta and value not in meta["choices"]:
-        raise ConfigError(f"{key}: must be one of {', '.join(meta['choices'])}, got {value!r}"
+        raise ConfigError(f"{key}: must be one of {', '.join(meta['choices'])}, got {_show(value)}"
                           f"{_did_you_mean(str(value), meta['choices'])}")
     lo, hi = meta.get("lo"), meta.get("hi")
     if lo is not None and (value < lo or (meta["lo_open"] and value == lo)):
         bound = f"> {lo}" if meta["lo_open"] else f">= {lo}"
-        raise ConfigError(f"{key}: must be {bound}, got {value!r}")
+        raise ConfigError(f"{key}: must be {bound}, got {_show(value)}")
     if hi is not None and (value > hi or (meta["hi_open"] and value == hi)):
         bound = f"< {hi}" if meta["hi_open"] else f"<= {hi}"
-        raise ConfigError(f"{key}: must be {bound}, got {value!r}")
+        raise ConfigError(f"{key}: must be {bound}, got {_show(value)}")
     return value

@@ -240,8 +240,24 @@ def verify_raw(hashes: dict[str, str], name: str, trust_data: bool) -> None:
                   "through the restricted unpickler", stacklevel=3)
 
 
+_TORCH_LOAD = torch.load
+
+
+def _weights_only_load(f: Any, *args: Any, **kwargs: Any) -> Any:
+    """``torch.load`` that ignores a caller's ``weights_only=False``."""
+    kwargs["weights_only"] = True
+    return _TORCH_LOAD(f, *args, **kwargs)
+
+
 class SafePlanetoid(Planetoid):
     """PyG's Planetoid with a restricted unpickler and a strict ``weights_only`` cache load."""
+
+    def _process(self) -> None:
+        # PyG compares processed/pre_transform.pt and pre_filter.pt with
+        # torch.load(weights_only=False): a file planted in the cache would be fully unpickled.
+        self.log = False  # and its "Processing..." line would break one-line CLI errors
+        with mock.patch.object(torch, "load", _weights_only_load):
+            super()._process()
 
     def process(self) -> None:
         with mock.patch.object(planetoid_io, "pickle", _RestrictedPickle):
@@ -295,6 +311,7 @@ def load_planetoid(name: str, root: str | os.PathLike[str] | None = None, *,
             raise DataError(f"{name}: processed cache in {work} is unreadable and was removed "
                             f"({exc.__class__.__name__}); run again to rebuild it") from None
     data.name = name
+    data.raw_sha256 = hashes  # the dataset's identity, stored in checkpoints
     check_split(data, expected_sizes=PUBLIC_SPLIT_SIZES.get(name))
     return data
 
@@ -312,13 +329,14 @@ def _process_into(work: Path, raw_dir: Path, name: str) -> None:
             shutil.rmtree(tmp)
         else:
             os.replace(tmp, work)
-    except DataError as exc:
+    except BaseException as exc:  # Ctrl-C and SIGTERM too: never leave a half-built folder
         shutil.rmtree(tmp, ignore_errors=True)
-        raise DataError(f"{name}: {exc} in {raw_dir}") from None
-    except Exception as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise DataError(f"{name}: truncated or corrupt raw files in {raw_dir} "
-                        f"({exc.__class__.__name__}: {exc})") from None
+        if isinstance(exc, DataError):
+            raise DataError(f"{name}: {exc} in {raw_dir}") from None
+        if isinstance(exc, Exception):
+            raise DataError(f"{name}: truncated or corrupt raw files in {raw_dir} "
+                            f"({exc.__class__.__name__}: {exc})") from None
+        raise
 
 
 # --------------------------------------------------------------------------------------------

@@ -204,6 +204,7 @@ def fit(cfg: Config, data: Data | None = None,
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     })
     result["_model"] = model  # stripped before writing; lets callers reuse the trained model
+    result["_data"] = data  # what the model was trained on (checkpoints store its identity)
     return result
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,37 @@ BAD_CONFIGS = [
     ("data:\n  normalize_features: maybe\n", "data.normalize_features"),
     ("- a\n- b\n", "mapping"),
     ("model: [1, 2\n", "malformed YAML"),
+    # added for issue 9: every item of its bad-input list
+    ("42\n", "top level must be a mapping of sections, got int"),
+    ("just some text\n", "top level must be a mapping of sections, got str"),
+    ("model: 3\n", "model: must be a mapping, got int"),
+    ("model:\n\tname: gcn\n", "malformed YAML at line 2"),
+    ("\x00", "malformed YAML: special characters are not allowed"),
+    ("[" * 3000, "malformed YAML: nested too deeply"),
+    ("seed: " + "9" * 5000 + "\n", "malformed YAML: Exceeds the limit (4300 digits)"),
+    ("!!python/object/apply:os.system ['true']\n", "could not determine a constructor"),
+    ("trian:\n  lr: 0.1\n", "trian: unknown key (did you mean 'train'?)"),
+    ("model:\n  hiden_channels: 8\n", "did you mean 'hidden_channels'?"),
+    ("1: 2\n", "1: unknown key"),
+    ("train:\n  lr: 1e400\n", "train.lr: expected a finite number, got inf"),
+    ("train:\n  lr: 0x" + "f" * 5000 + "\n", "train.lr: expected a finite number, got <int too"),
+    ("train:\n  lr: .nan\n", "train.lr: expected a finite number"),
+    ("train:\n  epochs: 2.5\n", "train.epochs: expected an integer, got 2.5"),
+    ("train:\n  epochs: true\n", "train.epochs: expected an integer, got True"),
+    ("train:\n  seed: 4294967296\n", "train.seed: must be <= 4294967295"),
+    ("train:\n  seed: -1\n", "train.seed: must be >= 0"),
+    ("train:\n  device: gpu\n", "train.device: must be one of cpu, cuda, got 'gpu'"),
+    ("data:\n  name: 2001-12-14\n", "data.name: expected a string, got datetime.date"),
+    ("data:\n  name: Cor\n", "unknown dataset 'Cor' (did you mean 'cora'?)"),
+    ("data:\n  sparse_features: sometimes\n", "data.sparse_features: must be one of"),
+    ("sampler:\n  fanout: 10\n", "sampler.fanout: expected a list of int, got int"),
+    ("sampler:\n  enabled: true\n", "sampler.enabled: model 'gcn' does not train on sampled"),
+    ("model:\n  name: sage\nsampler:\n  enabled: true\n  fanout: [10]\n",
+     "sampler.fanout: needs one entry per layer (model.num_layers=2), got 1"),
+    ("model:\n  name: sage\nsampler:\n  enabled: true\n  fanout: [10, 0]\n",
+     "entries must be positive or -1"),
+    ("model:\n  name: sage\n  num_layers: 3\nsampler:\n  enabled: true\n  fanout: [10, 10]\n",
+     "needs one entry per layer (model.num_layers=3), got 2"),
 ]
 
 
@@ -33,7 +65,7 @@ def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
     return err
 
 
-@pytest.mark.parametrize(("text", "key"), BAD_CONFIGS)
+@pytest.mark.parametrize(("text", "key"), BAD_CONFIGS, ids=[k[:40] for _, k in BAD_CONFIGS])
 def test_bad_config_exits_2_naming_key(text: str, key: str, tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "bad.yaml"
@@ -88,3 +120,83 @@ def test_python_dash_m_and_smoke(data_root: Path) -> None:
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "Cora: nodes=2708 features=1433" in proc.stdout and "ok" in proc.stdout
+
+
+def run_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    assert main(argv) == 2
+    return one_line_error(capsys)
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    ([], "the following arguments are required: command"),
+    (["bogus"], "invalid choice: 'bogus'"),
+    (["train", "--nope"], "unrecognized arguments: --nope"),
+    (["train", "--epochs"], "argument --epochs: expected one argument"),
+    (["train", "--seed", "abc"], "argument --seed: invalid int value: 'abc'"),
+    (["train", "--seed", "99999999999999999999"], "train.seed: must be <= 4294967295"),
+    (["train", "--epochs", "0"], "train.epochs: must be >= 1, got 0"),
+    (["train", "--model", "gnc"], "unknown model 'gnc' (did you mean 'gcn'?)"),
+    (["train", "--dataset", "core"], "unknown dataset 'core' (did you mean 'cora'?)"),
+    (["train", "--device", "tpu"], "train.device: must be one of cpu, cuda, got 'tpu'"),
+    (["train", "--config", "no/such/file.yaml"], "config file not found: no/such/file.yaml"),
+    (["train", "--config", "."], "cannot read config file .: IsADirectoryError"),
+    (["train", "--config", "bad\x00name"], "cannot read config file"),
+    (["train", "--config", "x" * 5000], "cannot read config file"),
+    (["predict"], "the following arguments are required: --checkpoint"),
+])
+def test_bad_command_line_exits_2(argv: list[str], expected: str,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    assert expected in run_error(capsys, argv)
+
+
+def test_help_is_success(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    assert main(["train", "--help"]) == 0
+    captured = capsys.readouterr()
+    assert "--save" in captured.out and captured.err == ""
+
+
+def unwritable_folders(tmp_path: Path) -> list[Path]:
+    """Folders no one can write into, root included: below a regular file, in /proc, and
+    (for other users) a folder without write permission."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    folders = [a_file / "sub"]
+    if Path("/proc/self").is_dir():
+        folders.append(Path("/proc"))
+    if os.geteuid() != 0:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        folders.append(locked)
+    return folders
+
+
+@pytest.mark.parametrize("flag", ["--json", "--save"])
+def test_unwritable_output_folder_exits_2_before_training(
+        flag: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import gnn.training
+
+    monkeypatch.setattr(gnn.training, "fit", lambda *a, **k: pytest.fail("trained anyway"))
+    for folder in unwritable_folders(tmp_path):
+        err = run_error(capsys, ["train", flag, str(folder / "out.file")])
+        assert err.startswith(f"gnn: error: {flag}: ") and str(folder) in err
+        assert not (folder / "out.file").exists()
+    assert flag in run_error(capsys, ["train", flag, str(tmp_path)])  # a folder, not a file
+    assert "contains a NUL byte" in run_error(capsys, ["train", flag, "x\x00y/out"])
+    assert not (tmp_path / "new").exists()  # nothing created for a refused command
+    run_error(capsys, ["train", "--json", str(tmp_path / "new" / "r.json"),
+                       "--save", str(tmp_path / "a_file" / "m.pt")])  # --json fine, --save not
+    assert not (tmp_path / "new").exists()
+
+
+def test_model_too_large_for_memory_is_one_line(data_root: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "huge.yaml"
+    path.write_text("model:\n  hidden_channels: 1000000000000\n")
+    out = tmp_path / "out.json"
+    assert main(["train", "--config", str(path), "--root", str(data_root),
+                 "--json", str(out)]) == 1
+    err = one_line_error(capsys)
+    assert "out of memory (tried to allocate 5732000000000000 bytes)" in err
+    assert not out.exists()
