@@ -47,7 +47,7 @@ def batch_bytes(batch: Data) -> int:
 
 
 def sampler_throughput(bench, data: Data, backend: str, batch_size: int, group: str,
-                       device: torch.device = torch.device("cpu"), **kw: Any) -> None:
+                       device: torch.device | None = None, **kw: Any) -> None:
     loader = make_neighbor_loader(data, [10, 10], batch_size=batch_size, shuffle=True,
                                   backend=backend, seed=0)
     batches = itertools.cycle(loader) if len(loader) < 64 else iter(loader)
@@ -58,7 +58,7 @@ def sampler_throughput(bench, data: Data, backend: str, batch_size: int, group: 
         edges.append(int(batch.edge_index.size(1)))
         return batch
 
-    bench(next_batch, device=device, group=group, rounds=40, warmup=3,
+    bench(next_batch, device=device or torch.device("cpu"), group=group, rounds=40, warmup=3,
           **graph_info(data, backend=backend, batch_size=batch_size, fanout=[10, 10], **kw))
     stats = bench.benchmark.stats.stats
     mean_edges = sum(edges) / len(edges)

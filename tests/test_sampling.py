@@ -103,7 +103,8 @@ def test_full_fanout_returns_whole_neighbourhood() -> None:
 
 def test_empty_seed_set() -> None:
     edge_index = torch.tensor([[0, 1], [1, 0]])
-    out = TorchNeighborSampler(edge_index, [2, 2], num_nodes=2).sample(torch.tensor([], dtype=torch.long))
+    sampler = TorchNeighborSampler(edge_index, [2, 2], num_nodes=2)
+    out = sampler.sample(torch.tensor([], dtype=torch.long))
     assert out.node.numel() == 0 and out.row.numel() == 0
     assert out.num_sampled_nodes == [0, 0, 0]
 
