@@ -33,6 +33,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="random seed (overrides train.seed)")
     p.add_argument("--epochs", type=int, help="number of epochs (overrides train.epochs)")
     p.add_argument("--device", help="cpu or cuda (overrides train.device)")
+    p.add_argument("--split-mode", help="transductive or inductive (overrides data.split_mode)")
     p.add_argument("--trust-data", action="store_true", default=None,
                    help="load raw files whose SHA-256 differs from the public ones (warning)")
 
@@ -59,6 +60,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         "train.seed": args.seed, "train.epochs": args.epochs, "train.device": args.device,
         "data.trust_data": args.trust_data,
         "train.progress": getattr(args, "progress", None),
+        "data.split_mode": args.split_mode,
     }
     return cfg.override(overrides)
 
