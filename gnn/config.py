@@ -70,6 +70,9 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     epochs: int = field(default=200, metadata=_range(1))
+    # validate (and select the model) every k epochs and after the last: on large graphs a
+    # full-graph evaluation costs more than a training epoch
+    eval_every: int = field(default=1, metadata=_range(1))
     lr: float = field(default=0.01, metadata=_range(0.0, lo_open=True))
     weight_decay: float = field(default=5e-4, metadata=_range(0.0))
     seed: int = field(default=0, metadata=_range(0))

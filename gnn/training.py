@@ -117,7 +117,8 @@ def fit(cfg: Config, data: Data | None = None,
 
     With ``data.split_mode: inductive`` training and validation run on
     :func:`gnn.data.training_view` (no test node, no edge touching one); the full graph is
-    handed to the model only for the final evaluation. ``on_batching`` may wrap the training
+    handed to the model only for the final evaluation. Validation (and ``on_epoch``) runs
+    every ``train.eval_every`` epochs and after the last. ``on_batching`` may wrap the training
     batching (``gnn scale`` measures memory per batch that way).
     """
     device = resolve_device(cfg.train.device)
@@ -138,6 +139,7 @@ def fit(cfg: Config, data: Data | None = None,
 
     history = History()
     best_val, best_epoch, best_state = -1.0, 0, None
+    last_logits: Tensor | None = None
     loop_timer = Timer(device)
     total_timer = Timer(device).start()
     epochs = range(1, cfg.train.epochs + 1)
@@ -150,6 +152,8 @@ def fit(cfg: Config, data: Data | None = None,
             loss = batching.train_epoch(forward_model, optimizer)
         if not math.isfinite(loss):
             raise TrainingError(f"non-finite loss ({loss}) at epoch {epoch}")
+        if epoch % cfg.train.eval_every and epoch != cfg.train.epochs:
+            continue
         logits = batching.predict(forward_model)
         pred = logits.argmax(dim=-1)
         train_acc = float((pred[train_mask] == y[train_mask]).float().mean())
@@ -161,6 +165,7 @@ def fit(cfg: Config, data: Data | None = None,
         if val_acc > best_val:
             best_val, best_epoch = val_acc, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        last_logits = logits if best_epoch == epoch else None
         if on_epoch is not None:
             on_epoch(epoch, loss, val_acc)
     synchronize(device)
@@ -169,11 +174,13 @@ def fit(cfg: Config, data: Data | None = None,
     assert best_state is not None
     model.load_state_dict(best_state)
     if inductive:  # test nodes and their edges appear now, for evaluation only
-        del batching
+        del batching, last_logits
         batching = make_batching(cfg, data, device)
         y = data.y.to(device)
         train_mask, val_mask = data.train_mask.to(device), data.val_mask.to(device)
-    logits = batching.predict(forward_model)
+        logits = batching.predict(forward_model)
+    else:  # the last evaluation already used the selected weights: no need to repeat it
+        logits = last_logits if last_logits is not None else batching.predict(forward_model)
     result: dict[str, Any] = {
         "model": cfg.model.name, "dataset": data.name, "seed": cfg.train.seed,
         "device": str(device), "sampled": cfg.sampler.enabled,
