@@ -1,4 +1,4 @@
-"""Command line: ``gnn train``, ``gnn smoke``.
+"""Command line: ``gnn train``, ``gnn scale``, ``gnn smoke``.
 
 Every bad input ends in one line on stderr and exit code 2, before any file is written.
 """
@@ -48,6 +48,22 @@ def build_parser() -> Parser:
     train.add_argument("--progress", action="store_true", default=None,
                        help="show a progress bar over epochs")
 
+    scale = sub.add_parser("scale", help="time and memory of models on CSBM graphs of "
+                           "growing size; writes scale.md, scale.csv, scale.png")
+    scale.add_argument("--sizes", type=float, nargs="+", default=[1e4, 1e5, 1e6, 4e6],
+                       help="numbers of nodes (default: 1e4 1e5 1e6 4e6)")
+    scale.add_argument("--models", nargs="+", default=["gcn", "sage_sampling"],
+                       help="presets (gcn, sage, mlp, sage_sampling) or YAML config paths")
+    scale.add_argument("--memory-budget", type=float, default=8.0, metavar="GIB",
+                       help="skip a model whose predicted peak memory exceeds this (default 8)")
+    scale.add_argument("--epochs", type=int, default=10, help="epochs per run (default 10)")
+    scale.add_argument("--out", default="results/scale", help="output folder")
+    scale.add_argument("--config", help="YAML whose data and train sections are used "
+                       "(csbm parameters, lr, ...)")
+    scale.add_argument("--device", default="cpu", help="cpu or cuda")
+    scale.add_argument("--threads", type=int, help="torch CPU threads (default: torch's); "
+                       "1 is steadier on a machine shared with other jobs")
+
     smoke = sub.add_parser("smoke", help="check the installation and that Cora loads")
     smoke.add_argument("--root", help="data root")
     return parser
@@ -80,6 +96,32 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scale(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from gnn.scale import run_scale
+    from gnn.training import resolve_device
+
+    if args.memory_budget <= 0:
+        raise ConfigError(f"--memory-budget: must be > 0 GiB, got {args.memory_budget}")
+    sizes = []
+    for size in args.sizes:
+        if size != int(size) or size < 2:
+            raise ConfigError(f"--sizes: node counts must be whole numbers >= 2, got {size:g}")
+        sizes.append(int(size))
+    resolve_device(args.device)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads: must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    run_scale(sizes, args.models, args.memory_budget, args.epochs, Path(args.out),
+              config=args.config, device=args.device)
+    print(f"wrote {args.out}/scale.md, scale.csv, scale.png")
+    return 0
+
+
 def cmd_smoke(args: argparse.Namespace) -> int:
     import torch
     import torch_geometric
@@ -98,7 +140,7 @@ def cmd_smoke(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-COMMANDS = {"train": cmd_train, "smoke": cmd_smoke}
+COMMANDS = {"train": cmd_train, "scale": cmd_scale, "smoke": cmd_smoke}
 
 
 def _fail(message: str, code: int) -> int:

@@ -246,6 +246,14 @@ class GraphSAGE(FromConfig, pyg_models.GraphSAGE):
             return super().forward(x, adj)
         return super().forward(x, edge_index, **kwargs)
 
+    @torch.no_grad()
+    def inference_per_layer(self, layer: int, x: Tensor, edge_index: Tensor,
+                            batch_size: int) -> Tensor:
+        """In a layer-wise batch every edge points into the first ``batch_size`` nodes, so the
+        layer is applied to those targets only (a bipartite call), not to every sampled node
+        and then sliced: about ``fanout`` times less work in full-graph inference."""
+        return super().inference_per_layer(layer, (x, x[:batch_size]), edge_index, batch_size)
+
 
 MODELS: dict[str, type[nn.Module]] = {
     "mlp": MLP,
