@@ -1,12 +1,17 @@
 """Neighbour-sampler throughput through PyG's NeighborLoader: ours and, when pyg-lib or
 torch-sparse is installed, PyG's compiled sampler side by side.
 
-The 1M-node graph (20M edges) is marked ``slow``: ``pytest benchmarks/ -m slow``.
+The 1M-node graphs are marked ``slow`` (excluded from CI's ``-m "not slow"`` run):
+a uniform random graph (20M edges) and the CSBM graph of ``gnn scale`` (10M edges), on which
+one sampled-GraphSAGE training epoch is timed too::
+
+    GNN_BENCH_THREADS=1 python -m pytest benchmarks/test_sampling.py -m slow -k csbm
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any
 
 import pytest
@@ -15,9 +20,11 @@ import torch.nn.functional as F
 from torch_geometric.data import Data
 
 from benchmarks.helpers import graph_info
-from gnn.config import ModelConfig
+from gnn.config import Config, ModelConfig
+from gnn.data import load_dataset
 from gnn.models import build_model
-from gnn.sampling import make_neighbor_loader, pyg_sampler_available
+from gnn.sampling import SampledBatching, make_neighbor_loader, pyg_sampler_available
+from gnn.scale import PRESETS, SCALE_DATA, StepMeter
 
 BACKENDS = [
     pytest.param("torch", id="torch"),
@@ -40,6 +47,17 @@ def random_graph(num_nodes: int, num_edges: int, num_features: int = 16, seed: i
 @pytest.fixture(scope="module")
 def million_graph() -> Data:
     return random_graph(1_000_000, 20_000_000)
+
+
+def scale_config(num_nodes: int, device: torch.device) -> Config:
+    """The sampled-GraphSAGE run of ``gnn scale`` at ``num_nodes`` (same split and batches)."""
+    return Config().override({**SCALE_DATA, **PRESETS["sage_sampling"], "data.name": "csbm",
+                              "data.num_nodes": num_nodes, "train.device": device.type})
+
+
+@pytest.fixture(scope="module")
+def csbm_million() -> Data:
+    return load_dataset(scale_config(1_000_000, torch.device("cpu")).data)
 
 
 def batch_bytes(batch: Data) -> int:
@@ -77,6 +95,32 @@ def test_sampler_throughput_cora(bench, cora: Data, backend: str) -> None:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_sampler_throughput_1m(bench, million_graph: Data, backend: str) -> None:
     sampler_throughput(bench, million_graph, backend, 1024, "sampler-1M-bs1024")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sampler_throughput_1m_csbm(bench, csbm_million: Data, backend: str) -> None:
+    sampler_throughput(bench, csbm_million, backend, 256, "sampler-1M-csbm-bs256")
+
+
+@pytest.mark.slow
+def test_sage_epoch_1m_csbm(bench, device: torch.device, csbm_million: Data) -> None:
+    """One training epoch of sampled GraphSAGE (sampling, forward, backward, Adam for every
+    mini-batch) on the 1M-node CSBM graph, with each batch's peak memory recorded."""
+    cfg = scale_config(1_000_000, device)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, csbm_million.num_features,
+                        int(csbm_million.y.max()) + 1).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    meter = StepMeter(device)
+    batching = meter(SampledBatching.from_config(cfg, csbm_million, device))
+    loss = bench(lambda: batching.train_epoch(model, optimizer), device=device,
+                 group=f"sage-epoch-1M-csbm-{device.type}", rounds=5, warmup=1,
+                 **graph_info(csbm_million, model="sage", batch_size=cfg.sampler.batch_size,
+                              fanout=cfg.sampler.fanout,
+                              batches_per_epoch=len(batching.train_loader)))
+    bench.benchmark.extra_info["batch_peak_mib_max"] = max(meter.peaks) / 2**20
+    assert math.isfinite(loss)
 
 
 def sage_step_on_batch(bench, data: Data, batch_size: int, group: str,
