@@ -19,6 +19,7 @@ import ctypes.util
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import torch
@@ -27,7 +28,7 @@ _CLEAR_REFS = Path("/proc/self/clear_refs")
 _STATUS = Path("/proc/self/status")
 
 
-def _libc_malloc_trim() -> ctypes._CFuncPtr | None:
+def _libc_malloc_trim() -> Any:
     name = ctypes.util.find_library("c")
     try:
         return ctypes.CDLL(name).malloc_trim if name else None

@@ -28,6 +28,7 @@ import torch
 from torch_geometric.data import Data
 
 from gnn.config import Config, ConfigError, load_config
+from gnn.data import load_dataset
 from gnn.files import atomic_write_bytes, atomic_write_text, ensure_writable_dir
 from gnn.memory import PeakWindow, probe_for, trim_heap
 from gnn.synthetic import csbm_bytes, num_pairs
@@ -233,8 +234,6 @@ def run_scale(sizes: Sequence[int], models: Sequence[str], budget_gib: float, ep
             _report(rows, out, budget_gib, base)
             continue
         started = time.perf_counter()
-        from gnn.data import load_dataset
-
         data = load_dataset(dcfg.data)
         generate_s = time.perf_counter() - started
         for name, cfg in configs.items():
