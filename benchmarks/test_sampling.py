@@ -1,12 +1,17 @@
 """Neighbour-sampler throughput through PyG's NeighborLoader: ours and, when pyg-lib or
 torch-sparse is installed, PyG's compiled sampler side by side.
 
-The 1M-node graph (20M edges) is marked ``slow``: ``pytest benchmarks/ -m slow``.
+The 1M-node graphs are marked ``slow`` (excluded from CI's ``-m "not slow"`` run):
+a uniform random graph (20M edges) and the CSBM graph of ``gnn scale`` (10M edges), on which
+one sampled-GraphSAGE training epoch is timed too::
+
+    GNN_BENCH_THREADS=1 python -m pytest benchmarks/test_sampling.py -m slow -k csbm
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,9 +21,11 @@ import torch.nn.functional as F
 from torch_geometric.data import Data
 
 from benchmarks.helpers import graph_info
-from gnn.config import ModelConfig
+from gnn.config import Config, ModelConfig
+from gnn.data import load_dataset
 from gnn.models import build_model
-from gnn.sampling import make_neighbor_loader, pyg_sampler_available
+from gnn.sampling import SampledBatching, make_neighbor_loader, pyg_sampler_available
+from gnn.scale import PRESETS, SCALE_DATA, StepMeter
 
 BACKENDS = [
     pytest.param("torch", id="torch"),
@@ -49,12 +56,23 @@ def endless(loader: Any) -> Iterator[Data]:
         yield from loader
 
 
+def scale_config(num_nodes: int, device: torch.device) -> Config:
+    """The sampled-GraphSAGE run of ``gnn scale`` at ``num_nodes`` (same split and batches)."""
+    return Config().override({**SCALE_DATA, **PRESETS["sage_sampling"], "data.name": "csbm",
+                              "data.num_nodes": num_nodes, "train.device": device.type})
+
+
+@pytest.fixture(scope="module")
+def csbm_million() -> Data:
+    return load_dataset(scale_config(1_000_000, torch.device("cpu")).data)
+
+
 def batch_bytes(batch: Data) -> int:
     return sum(v.numel() * v.element_size() for _, v in batch if isinstance(v, torch.Tensor))
 
 
 def sampler_throughput(bench, data: Data, backend: str, batch_size: int, group: str,
-                       **kw: Any) -> None:
+                       device: torch.device | None = None, **kw: Any) -> None:
     loader = make_neighbor_loader(data, [10, 10], batch_size=batch_size, shuffle=True,
                                   backend=backend, seed=0)
     batches = endless(loader)
@@ -65,7 +83,7 @@ def sampler_throughput(bench, data: Data, backend: str, batch_size: int, group: 
         edges.append(int(batch.edge_index.size(1)))
         return batch
 
-    bench(next_batch, device=torch.device("cpu"), group=group, rounds=40, warmup=3,
+    bench(next_batch, device=device or torch.device("cpu"), group=group, rounds=40, warmup=3,
           **graph_info(data, backend=backend, batch_size=batch_size, fanout=[10, 10], **kw))
     stats = bench.benchmark.stats.stats
     mean_edges = sum(edges) / len(edges)
@@ -84,6 +102,32 @@ def test_sampler_throughput_cora(bench, cora: Data, backend: str) -> None:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_sampler_throughput_1m(bench, million_graph: Data, backend: str) -> None:
     sampler_throughput(bench, million_graph, backend, 1024, "sampler-1M-bs1024")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sampler_throughput_1m_csbm(bench, csbm_million: Data, backend: str) -> None:
+    sampler_throughput(bench, csbm_million, backend, 256, "sampler-1M-csbm-bs256")
+
+
+@pytest.mark.slow
+def test_sage_epoch_1m_csbm(bench, device: torch.device, csbm_million: Data) -> None:
+    """One training epoch of sampled GraphSAGE (sampling, forward, backward, Adam for every
+    mini-batch) on the 1M-node CSBM graph, with each batch's peak memory recorded."""
+    cfg = scale_config(1_000_000, device)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, csbm_million.num_features,
+                        int(csbm_million.y.max()) + 1).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    meter = StepMeter(device)
+    batching = meter(SampledBatching.from_config(cfg, csbm_million, device))
+    loss = bench(lambda: batching.train_epoch(model, optimizer), device=device,
+                 group=f"sage-epoch-1M-csbm-{device.type}", rounds=5, warmup=1,
+                 **graph_info(csbm_million, model="sage", batch_size=cfg.sampler.batch_size,
+                              fanout=cfg.sampler.fanout,
+                              batches_per_epoch=len(batching.train_loader)))
+    bench.benchmark.extra_info["batch_peak_mib_max"] = max(meter.peaks) / 2**20
+    assert math.isfinite(loss)
 
 
 def sage_step_on_batch(bench, data: Data, batch_size: int, group: str,

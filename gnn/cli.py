@@ -1,4 +1,4 @@
-"""Command line: ``gnn train``, ``gnn predict``, ``gnn smoke``.
+"""Command line: ``gnn train``, ``gnn predict``, ``gnn scale``, ``gnn smoke``.
 
 Every bad input ends in one line on stderr and exit code 2, before any file is written.
 Ctrl-C ends with exit code 130 and SIGTERM with 143, files already written stay complete and
@@ -41,6 +41,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="random seed (overrides train.seed)")
     p.add_argument("--epochs", type=int, help="number of epochs (overrides train.epochs)")
     p.add_argument("--device", help="cpu or cuda (overrides train.device)")
+    p.add_argument("--split-mode", help="transductive or inductive (overrides data.split_mode)")
     p.add_argument("--trust-data", action="store_true", default=None,
                    help="load raw files whose SHA-256 differs from the public ones (warning)")
 
@@ -74,6 +75,22 @@ def build_parser() -> Parser:
     predict.add_argument("--trust-data", action="store_true", default=None,
                          help="accept raw files whose SHA-256 differs (warning)")
 
+    scale = sub.add_parser("scale", help="time and memory of models on CSBM graphs of "
+                           "growing size; writes scale.md, scale.csv, scale.png")
+    scale.add_argument("--sizes", type=float, nargs="+", default=[1e4, 1e5, 1e6, 4e6],
+                       help="numbers of nodes (default: 1e4 1e5 1e6 4e6)")
+    scale.add_argument("--models", nargs="+", default=["gcn", "sage_sampling"],
+                       help="presets (gcn, sage, mlp, sage_sampling) or YAML config paths")
+    scale.add_argument("--memory-budget", type=float, default=8.0, metavar="GIB",
+                       help="skip a model whose predicted peak memory exceeds this (default 8)")
+    scale.add_argument("--epochs", type=int, default=10, help="epochs per run (default 10)")
+    scale.add_argument("--out", default="results/scale", help="output folder")
+    scale.add_argument("--config", help="YAML whose data and train sections are used "
+                       "(csbm parameters, lr, ...)")
+    scale.add_argument("--device", default="cpu", help="cpu or cuda")
+    scale.add_argument("--threads", type=int, help="torch CPU threads (default: torch's); "
+                       "1 is steadier on a machine shared with other jobs")
+
     smoke = sub.add_parser("smoke", help="check the installation and that Cora loads")
     smoke.add_argument("--root", help="data root")
     return parser
@@ -86,6 +103,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         "train.seed": args.seed, "train.epochs": args.epochs, "train.device": args.device,
         "data.trust_data": args.trust_data,
         "train.progress": getattr(args, "progress", None),
+        "data.split_mode": args.split_mode,
     }
     return cfg.override(overrides)
 
@@ -194,6 +212,32 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scale(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from gnn.scale import run_scale
+    from gnn.training import resolve_device
+
+    if args.memory_budget <= 0:
+        raise ConfigError(f"--memory-budget: must be > 0 GiB, got {args.memory_budget}")
+    sizes = []
+    for size in args.sizes:
+        if size != int(size) or size < 2:
+            raise ConfigError(f"--sizes: node counts must be whole numbers >= 2, got {size:g}")
+        sizes.append(int(size))
+    resolve_device(args.device)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads: must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    run_scale(sizes, args.models, args.memory_budget, args.epochs, Path(args.out),
+              config=args.config, device=args.device)
+    print(f"wrote {args.out}/scale.md, scale.csv, scale.png")
+    return 0
+
+
 def cmd_smoke(args: argparse.Namespace) -> int:
     import torch
     import torch_geometric
@@ -212,7 +256,8 @@ def cmd_smoke(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-COMMANDS = {"train": cmd_train, "predict": cmd_predict, "smoke": cmd_smoke}
+COMMANDS = {"train": cmd_train, "predict": cmd_predict, "scale": cmd_scale,
+            "smoke": cmd_smoke}
 
 
 def _fail(message: str, code: int) -> int:

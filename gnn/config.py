@@ -48,11 +48,31 @@ class DataConfig:
     sparse_features: str = field(default="auto", metadata={"choices": ("auto", "always", "never")})
     download: bool = True
     trust_data: bool = False
+    # transductive: training sees the whole graph (test nodes' features and edges included);
+    # inductive: training and validation see only the subgraph induced by train + val nodes
+    split_mode: str = field(default="transductive",
+                            metadata={"choices": ("transductive", "inductive")})
+    # name: csbm (gnn.synthetic): contextual stochastic block model parameters
+    num_nodes: int = field(default=10_000, metadata=_range(2))
+    num_classes: int = field(default=5, metadata=_range(2))
+    avg_degree: float = field(default=10.0, metadata=_range(0.0))
+    homophily: float = field(default=0.8, metadata=_range(0.0, 1.0))
+    features: str = field(default="gaussian", metadata={"choices": ("gaussian", "binary")})
+    num_features: int = field(default=32, metadata=_range(1))
+    feature_signal: float = field(default=1.0, metadata=_range(0.0))
+    feature_density: float = field(default=0.05, metadata=_range(0.0, 1.0, lo_open=True))
+    train_per_class: int = field(default=20, metadata=_range(1))
+    num_val: int = field(default=500, metadata=_range(1))
+    num_test: int = field(default=1000, metadata=_range(1))
+    graph_seed: int = field(default=0, metadata=_range(0))
 
 
 @dataclass
 class TrainConfig:
     epochs: int = field(default=200, metadata=_range(1))
+    # validate (and select the model) every k epochs and after the last: on large graphs a
+    # full-graph evaluation costs more than a training epoch
+    eval_every: int = field(default=1, metadata=_range(1))
     lr: float = field(default=0.01, metadata=_range(0.0, lo_open=True))
     weight_decay: float = field(default=5e-4, metadata=_range(0.0))
     seed: int = field(default=0, metadata=_range(0, 2**32 - 1))  # numpy's seed range
@@ -129,6 +149,10 @@ class Config:
             raise ConfigError(f"data.name: unknown dataset {_show(self.data.name)}"
                               f"{_did_you_mean(self.data.name.lower(), DATASETS)}; choose from "
                               f"{', '.join(sorted(DATASETS.values()))}")
+        if self.data.name.lower() == "csbm":
+            from gnn.synthetic import check_csbm
+
+            check_csbm(self.data)
         if self.sampler.enabled:
             if not getattr(MODELS[self.model.name], "supports_sampling", False):
                 able = sorted(n for n, m in MODELS.items() if getattr(m, "supports_sampling", 0))

@@ -31,8 +31,10 @@ from torch_geometric.transforms import NormalizeFeatures
 
 from gnn.config import DataConfig
 
-#: Lower-case name -> PyG's spelling. Every Planetoid dataset goes through the same code.
-DATASETS: dict[str, str] = {"cora": "Cora", "citeseer": "CiteSeer", "pubmed": "PubMed"}
+#: Lower-case name -> PyG's spelling. Every Planetoid dataset goes through the same code;
+#: ``csbm`` is generated (:mod:`gnn.synthetic`).
+PLANETOID: dict[str, str] = {"cora": "Cora", "citeseer": "CiteSeer", "pubmed": "PubMed"}
+DATASETS: dict[str, str] = {**PLANETOID, "csbm": "csbm"}
 PLANETOID_FILES = ("x", "tx", "allx", "y", "ty", "ally", "graph", "test.index")
 
 #: SHA-256 of the public raw files (as PyG downloads them). A dataset without an entry is
@@ -284,7 +286,7 @@ def _quiet_pyg() -> Iterator[None]:
 def load_planetoid(name: str, root: str | os.PathLike[str] | None = None, *,
                    download: bool = True, trust_data: bool = False) -> Data:
     """Load a Planetoid dataset with the public split, verified and cached."""
-    name = DATASETS.get(name.lower(), name)
+    name = PLANETOID.get(name.lower(), name)
     root_path = resolve_root(root)
     raw_dir = _find_raw_dir(root_path, name)
     if raw_dir is None:
@@ -376,8 +378,33 @@ def num_classes(data: Data) -> int:
 
 
 def load_dataset(cfg: DataConfig) -> Data:
-    """The dataset a config asks for, with its transforms applied."""
+    """The dataset a config asks for, with its transforms applied. Row normalisation applies to
+    bag-of-words features (Planetoid, binary csbm); Gaussian csbm features are standardised by
+    construction and left as they are."""
+    if cfg.name.lower() == "csbm":
+        from gnn.synthetic import csbm
+
+        data = csbm(cfg)
+        if cfg.normalize_features and cfg.features == "binary":
+            data = NormalizeFeatures()(data)
+        return data
     data = load_planetoid(cfg.name, cfg.root, download=cfg.download, trust_data=cfg.trust_data)
     if cfg.normalize_features:
         data = NormalizeFeatures()(data)
     return data
+
+
+def training_view(data: Data) -> Data:
+    """The inductive training graph: the subgraph induced by train and validation nodes,
+    relabelled ``0..n-1``. Test nodes, their features and every edge touching them are absent,
+    and so is ``test_mask`` (never read here)."""
+    from torch_geometric.utils import subgraph
+
+    keep = data.train_mask | data.val_mask
+    edge_index, _ = subgraph(keep, data.edge_index, relabel_nodes=True,
+                             num_nodes=data.num_nodes)
+    view = Data(x=data.x[keep], edge_index=edge_index, y=data.y[keep],
+                train_mask=data.train_mask[keep], val_mask=data.val_mask[keep],
+                num_nodes=int(keep.sum()))
+    view.name = getattr(data, "name", None)
+    return view

@@ -28,29 +28,39 @@ from gnn.config import ModelConfig
 torch.sparse.check_sparse_tensor_invariants.disable()
 
 
+def _version(t: Tensor) -> int | None:
+    """In-place modification counter; tensors made under ``torch.inference_mode`` have none."""
+    return None if t.is_inference() else t._version
+
+
 def _tensor_key(t: Tensor) -> tuple[Any, ...]:
     """Identity of a tensor's current contents: storage, version, shape, device."""
     if t.layout == torch.sparse_csr:
         parts = (t.crow_indices(), t.col_indices(), t.values())
-        return (*(p.data_ptr() for p in parts), t.values()._version, tuple(t.shape), t.device)
-    return (t.data_ptr(), t._version, tuple(t.shape), t.device)
+        return (*(p.data_ptr() for p in parts), _version(t.values()), tuple(t.shape), t.device)
+    return (t.data_ptr(), _version(t), tuple(t.shape), t.device)
 
 
 class GraphCache:
-    """Keeps one derived sparse operator per graph; a new or modified edge index rebuilds it."""
+    """Keeps one derived sparse operator per graph; a new or modified edge index rebuilds it.
+
+    The source tensor is held while cached, so its memory cannot be freed and handed to a new
+    tensor of the same shape, which would otherwise match the key (address, version 0, shape).
+    """
 
     def __init__(self) -> None:
         self._key: tuple[Any, ...] | None = None
         self._value: Any = None
+        self._source: Tensor | None = None
 
     def get(self, tensor: Tensor, build: Any, *args: Any) -> Any:
         key = (*_tensor_key(tensor), *args)
         if key != self._key:
-            self._value, self._key = build(tensor, *args), key
+            self._value, self._key, self._source = build(tensor, *args), key, tensor
         return self._value
 
     def clear(self) -> None:
-        self._key = self._value = None
+        self._key = self._value = self._source = None
 
 
 def sparse_mm(a: Tensor, b: Tensor) -> Tensor:
@@ -243,6 +253,14 @@ class GraphSAGE(FromConfig, pyg_models.GraphSAGE):
             adj = self.graph_cache.get(edge_index, _mean_operator, x.size(0))
             return super().forward(x, adj)
         return super().forward(x, edge_index, **kwargs)
+
+    @torch.no_grad()
+    def inference_per_layer(self, layer: int, x: Tensor, edge_index: Tensor,
+                            batch_size: int) -> Tensor:
+        """In a layer-wise batch every edge points into the first ``batch_size`` nodes, so the
+        layer is applied to those targets only (a bipartite call), not to every sampled node
+        and then sliced: about ``fanout`` times less work in full-graph inference."""
+        return super().inference_per_layer(layer, (x, x[:batch_size]), edge_index, batch_size)
 
 
 MODELS: dict[str, type[nn.Module]] = {

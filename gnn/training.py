@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch_geometric.data import Data
 
 from gnn.config import Config, ConfigError
-from gnn.data import load_dataset, num_classes
+from gnn.data import load_dataset, num_classes, training_view
 from gnn.metrics import classification_metrics
 from gnn.models import build_model, count_parameters
 from gnn.timing import Timer, synchronize
@@ -132,25 +132,38 @@ class History:
 
 def fit(cfg: Config, data: Data | None = None,
         on_epoch: Callable[[int, float, float], None] | None = None,
-        batching: BatchingFactory = make_batching) -> dict[str, Any]:
-    """Train one model as configured and return the full result record. ``batching`` builds
-    how epochs feed the model; ``gnn.distributed`` passes its per-rank one."""
+        batching: BatchingFactory = make_batching,
+        on_batching: Callable[[Batching], Batching] | None = None) -> dict[str, Any]:
+    """Train one model as configured and return the full result record.
+
+    ``batching`` builds how epochs feed the model (``gnn.distributed`` passes its per-rank
+    one); ``on_batching`` may wrap it (``gnn scale`` measures memory per batch that way).
+    With ``data.split_mode: inductive`` training and validation run on
+    :func:`gnn.data.training_view` (no test node, no edge touching one); the full graph is
+    handed to the model only for the final evaluation. Validation (and ``on_epoch``) runs
+    every ``train.eval_every`` epochs and after the last.
+    """
     device = resolve_device(cfg.train.device)
     if data is None:
         data = load_dataset(cfg.data)
+    inductive = cfg.data.split_mode == "inductive"
+    seen = training_view(data) if inductive else data
     set_seed(cfg.train.seed)
     model = build_model(cfg.model, data.num_features, num_classes(data)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr,
                                  weight_decay=cfg.train.weight_decay)
-    feed = batching(cfg, data, device)
+    feed = batching(cfg, seen, device)
+    if on_batching is not None:
+        feed = on_batching(feed)
     forward_model = feed.wrap(model)
     if cfg.train.compile:
         forward_model = torch.compile(forward_model)
-    y = data.y.to(device)
-    train_mask, val_mask = data.train_mask.to(device), data.val_mask.to(device)
+    y = seen.y.to(device)
+    train_mask, val_mask = seen.train_mask.to(device), seen.val_mask.to(device)
 
     history = History()
     best_val, best_epoch, best_state = -1.0, 0, None
+    last_logits: Tensor | None = None
     loop_timer = Timer(device)
     total_timer = Timer(device).start()
     epochs = range(1, cfg.train.epochs + 1)
@@ -163,6 +176,8 @@ def fit(cfg: Config, data: Data | None = None,
             loss = feed.train_epoch(forward_model, optimizer)
         if not math.isfinite(loss):
             raise TrainingError(f"non-finite loss ({loss}) at epoch {epoch}")
+        if epoch % cfg.train.eval_every and epoch != cfg.train.epochs:
+            continue
         logits = feed.predict(forward_model)
         pred = logits.argmax(dim=-1)
         train_acc = float((pred[train_mask] == y[train_mask]).float().mean())
@@ -174,6 +189,7 @@ def fit(cfg: Config, data: Data | None = None,
         if val_acc > best_val:
             best_val, best_epoch = val_acc, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        last_logits = logits if best_epoch == epoch else None
         if on_epoch is not None:
             on_epoch(epoch, loss, val_acc)
     synchronize(device)
@@ -181,11 +197,20 @@ def fit(cfg: Config, data: Data | None = None,
 
     assert best_state is not None
     model.load_state_dict(best_state)
-    logits = feed.predict(forward_model)
+    if inductive:  # test nodes and their edges appear now, for evaluation only
+        del feed, last_logits
+        feed = batching(cfg, data, device)
+        y = data.y.to(device)
+        train_mask, val_mask = data.train_mask.to(device), data.val_mask.to(device)
+        logits = feed.predict(forward_model)
+    else:  # the last evaluation already used the selected weights: no need to repeat it
+        logits = last_logits if last_logits is not None else feed.predict(forward_model)
     result: dict[str, Any] = {
         "model": cfg.model.name, "dataset": data.name, "seed": cfg.train.seed,
         "device": str(device), "sampled": cfg.sampler.enabled,
+        "split_mode": cfg.data.split_mode,
         "num_nodes": int(data.num_nodes), "num_edges": int(data.num_edges),
+        "train_graph_nodes": int(seen.num_nodes), "train_graph_edges": int(seen.num_edges),
         "num_params": count_parameters(model), "epochs": cfg.train.epochs,
         "best_epoch": best_epoch,
     }
@@ -197,6 +222,7 @@ def fit(cfg: Config, data: Data | None = None,
     result.update({
         "total_train_time_s": total_time,
         "train_loop_time_s": loop_timer.total,
+        "epoch_times_s": loop_timer.laps,
         "history": history.__dict__,
         "config": cfg.to_dict(),
         "versions": versions(),
@@ -210,7 +236,8 @@ def fit(cfg: Config, data: Data | None = None,
 
 def summary_line(result: dict[str, Any]) -> str:
     return (f"{result['model']:<14} {result['dataset']} seed={result['seed']} "
-            f"device={result['device']} test_acc={result['test_acc']:.4f} "
+            f"split={result['split_mode']} device={result['device']} "
+            f"test_acc={result['test_acc']:.4f} "
             f"test_macro_f1={result['test_macro_f1']:.4f} "
             f"total_train_time_s={result['total_train_time_s']:.3f} "
             f"train_loop_time_s={result['train_loop_time_s']:.3f}"

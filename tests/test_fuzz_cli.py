@@ -88,7 +88,8 @@ class Stubs:
         self.calls.append(cfg)
         data = Data(x=torch.zeros(4, 3), y=torch.tensor([0, 1, 0, 1]), name="Cora")
         return {"model": cfg.model.name, "dataset": cfg.data.name, "seed": cfg.train.seed,
-                "device": cfg.train.device, "best_epoch": 1, "train_acc": 1.0, "val_acc": 1.0,
+                "device": cfg.train.device, "split_mode": cfg.data.split_mode, "best_epoch": 1,
+                "train_acc": 1.0, "val_acc": 1.0,
                 "test_acc": 1.0, "test_macro_f1": 1.0, "total_train_time_s": 0.0,
                 "train_loop_time_s": 0.0, "_model": torch.nn.Linear(3, 2), "_data": data}
 

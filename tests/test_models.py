@@ -84,6 +84,21 @@ def test_graph_cache_rebuilds_for_a_new_graph() -> None:
     torch.testing.assert_close(model(x, a), make("gcn", fast=False)(x, a))
 
 
+@pytest.mark.parametrize("name", GRAPH_MODELS)
+def test_graph_cache_under_inference_mode(name: str) -> None:
+    """Graphs made inside ``torch.inference_mode`` (sampled evaluation batches) have no version
+    counter; a new graph of the same shape, even at a recycled address, is not served stale."""
+    model = make(name)
+    x = torch.randn(6, NUM_FEATURES)
+    with torch.inference_mode():
+        for seed in range(5):
+            g = torch.Generator().manual_seed(seed)
+            edge_index = torch.randint(0, 6, (2, 9), generator=g)
+            torch.testing.assert_close(model(x, edge_index),
+                                       make(name, fast=False)(x, edge_index))
+            del edge_index  # its memory may be reused by the next one
+
+
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_reset_parameters_changes_weights(name: str) -> None:
     model = make(name)

@@ -198,3 +198,19 @@ def test_accuracy_gate_sage_sampling(cora: Data) -> None:
     print(f"\nsage_sampling: test_acc {statistics.fmean(accs):.4f} ± {statistics.stdev(accs):.4f}"
           f", macro-F1 {statistics.fmean(f1s):.4f} (3 seeds)")
     assert statistics.fmean(accs) >= 0.79
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_layerwise_inference_equals_full_forward(fast: bool) -> None:
+    """Layer-wise inference convolves only each batch's targets; it must still give exactly
+    the full-graph forward."""
+    from gnn.config import ModelConfig
+    from gnn.models import build_model
+
+    data = _random_graph(300, 2400, 4)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="sage", hidden_channels=16, fast=fast), 4, 3).eval()
+    loader = make_neighbor_loader(data, [-1], batch_size=64, backend="torch")
+    with torch.inference_mode():
+        torch.testing.assert_close(model.inference(loader), model(data.x, data.edge_index),
+                                   atol=1e-5, rtol=1e-4)

@@ -115,3 +115,24 @@ def test_fast_training_matches_reference_recipe_accuracy(cora: Data) -> None:
     print(f"\nGCN 5 seeds: ours {statistics.fmean(ours):.4f}, "
           f"reference {statistics.fmean(ref):.4f}")
     assert abs(statistics.fmean(ours) - statistics.fmean(ref)) <= 0.005
+
+
+def test_eval_every_k_epochs_and_after_the_last(cora: Data) -> None:
+    result = run("gcn", cora, 0, **{"train.epochs": 7, "train.eval_every": 3})
+    assert result["history"]["epoch"] == [3, 6, 7]
+    assert result["best_epoch"] in (3, 6, 7)
+    assert len(result["epoch_times_s"]) == 7
+
+
+def test_final_metrics_equal_a_fresh_evaluation(cora: Data) -> None:
+    """The final metrics may reuse the last evaluation when it used the selected weights;
+    they must equal evaluating the returned model again."""
+    from gnn.metrics import classification_metrics
+    from gnn.training import make_batching
+
+    cfg = load_config(f"{CONFIGS}/gcn.yaml").override({"train.epochs": 15})
+    result = fit(cfg, cora)
+    logits = make_batching(cfg, cora, torch.device("cpu")).predict(result["_model"])
+    for split in ("train", "val", "test"):
+        mask = cora[f"{split}_mask"]
+        assert classification_metrics(logits[mask], cora.y[mask])["acc"] == result[f"{split}_acc"]
