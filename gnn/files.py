@@ -36,6 +36,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], payload: bytes) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would differ from a plain open()
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
             handle.flush()
@@ -46,9 +47,38 @@ def atomic_write_bytes(path: str | os.PathLike[str], payload: bytes) -> None:
         raise
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def append_line(path: str | os.PathLike[str], line: str) -> None:
+    """Append one row as a single write, flushed and fsynced before returning: an interrupted
+    writer leaves whole rows, plus at worst one cut last line that :func:`complete_lines`
+    drops."""
+    if "\n" in line:
+        raise ValueError("a row must be a single line")
+    with open(path, "a", encoding="utf-8", newline="") as handle:
+        handle.write(line + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def complete_lines(path: str | os.PathLike[str]) -> tuple[list[str], bool]:
+    """The newline-terminated lines of ``path`` (none when it is missing), and whether a cut
+    last line was found and left out."""
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return [], False
+    *lines, tail = text.split("\n")
+    return lines, tail != ""

@@ -1,0 +1,95 @@
+"""The bench's two figures, rendered off-screen (Agg) to PNG bytes for an atomic write.
+
+Figures are built with ``matplotlib.figure.Figure`` and an Agg canvas, never ``pyplot``, so no
+display, global state or backend switch is involved (safe in tests and on headless machines).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import FormatStrFormatter
+
+if TYPE_CHECKING:
+    from gnn.report import Summary
+
+
+def _colors(n: int) -> list[tuple[float, ...]]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    return [cmap(i % 10) for i in range(n)]
+
+
+def _png(fig: Figure) -> bytes:
+    FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def _dataset(summaries: Sequence[Summary]) -> str:
+    return ", ".join(sorted({s.dataset for s in summaries}))
+
+
+def accuracy_vs_latency_png(summaries: Sequence[Summary], front: Sequence[Summary]) -> bytes:
+    """Mean test accuracy (error bar: std over seeds) against median forward latency (log x),
+    one point per model x device; the Pareto front is drawn as a step line through ringed
+    points."""
+    fig = Figure(figsize=(7.5, 5))
+    ax = fig.add_subplot()
+    for s, color in zip(summaries, _colors(len(summaries)), strict=True):
+        mean, std = s.acc
+        ax.errorbar(s.forward_ms, mean, yerr=std, fmt="o", color=color, capsize=4,
+                    markersize=7, label=f"{s.label} (n={s.runs})")
+        ax.annotate(s.label, (s.forward_ms, mean), textcoords="offset points", xytext=(7, 5),
+                    fontsize=9, color=color)
+    if front:
+        xs = [s.forward_ms for s in front]
+        ys = [s.acc[0] for s in front]
+        ax.plot(xs, ys, drawstyle="steps-post", linestyle="--", color="0.35", linewidth=1.2,
+                zorder=1)
+        ax.scatter(xs, ys, s=260, facecolors="none", edgecolors="0.2", linewidths=1.5,
+                   zorder=3, label="Pareto front")
+    ax.set_xscale("log")
+    ax.set_xlabel("forward latency, full graph (ms, median; log scale)")
+    ax.set_ylabel("test accuracy (mean ± std over seeds)")
+    ax.set_title(f"{_dataset(summaries)}: accuracy vs latency")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return _png(fig)
+
+
+def _mean_band(curves: list[list[float]]) -> tuple[np.ndarray, np.ndarray]:
+    length = min(len(c) for c in curves)
+    stacked = np.array([c[:length] for c in curves], dtype=float)
+    return stacked.mean(axis=0), stacked.std(axis=0)
+
+
+def learning_curves_png(summaries: Sequence[Summary]) -> bytes:
+    """Training loss and validation accuracy per epoch: mean line and ± std band over seeds,
+    one line per model x device."""
+    fig = Figure(figsize=(12, 4.5))
+    loss_ax, val_ax = fig.subplots(1, 2)
+    for s, color in zip(summaries, _colors(len(summaries)), strict=True):
+        for ax, key in ((loss_ax, "train_loss"), (val_ax, "val_acc")):
+            mean, std = _mean_band([row["history"][key] for row in s.rows])
+            epochs = np.arange(1, len(mean) + 1)
+            ax.plot(epochs, mean, color=color, linewidth=1.4, label=f"{s.label} (n={s.runs})")
+            ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
+    loss_ax.set_yscale("log")
+    loss_ax.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))
+    loss_ax.yaxis.set_minor_formatter(FormatStrFormatter("%.3g"))
+    loss_ax.set_ylabel("training loss (log scale)")
+    val_ax.set_ylabel("validation accuracy")
+    for ax in (loss_ax, val_ax):
+        ax.set_xlabel("epoch")
+        ax.grid(True, alpha=0.3)
+    val_ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle(f"{_dataset(summaries)}: learning curves (mean and ± std band over seeds)")
+    return _png(fig)
