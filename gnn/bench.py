@@ -93,9 +93,18 @@ def default_models(configs_dir: Path) -> list[str]:
     return [name for name in DEFAULT_MODELS if name in present]
 
 
+#: Config keys that say where data comes from or how a run reports, not what it computes.
+NOT_HASHED = {"data": ("root", "download", "trust_data"), "train": ("progress",)}
+
+
 def config_hash(cfg: Config) -> str:
-    """Fingerprint of everything that defines a run, so ``--resume`` never mixes settings."""
-    text = json.dumps(cfg.to_dict(), sort_keys=True)
+    """Fingerprint of everything that defines a run's numbers, so ``--resume`` never mixes
+    settings (a different ``--root`` for the same verified data is not a different setting)."""
+    raw = cfg.to_dict()
+    for section, names in NOT_HASHED.items():
+        for name in names:
+            raw[section].pop(name)
+    text = json.dumps(raw, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -220,7 +229,8 @@ class BenchResult:
 def run_bench(plan: Sequence[Run], out: Path, *, resume: bool, latency: LatencySettings,
               progress: bool = True) -> BenchResult:
     """Run what ``plan`` still lacks in ``out`` and return all its rows."""
-    ensure_writable_dir(out, "--out")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out: {out} is a file, expected a folder")
     log = RunLog(out)
     if log.has_rows() and not resume:
         raise ConfigError(f"--out: {out} already holds runs ({JSONL}); pass --resume to finish "
@@ -235,6 +245,7 @@ def run_bench(plan: Sequence[Run], out: Path, *, resume: bool, latency: LatencyS
     done = {row_key(row) for row in rows}
     todo = [run for run in plan if run.key not in done]
     datasets = _load_datasets(todo)  # data errors surface before any file is written
+    ensure_writable_dir(out, "--out")
     log.start(rows)
 
     from tqdm.auto import tqdm
