@@ -185,10 +185,35 @@ class GAT(FromConfig, pyg_models.GAT):
         return super().forward(feature_dropout(x, self.dropout.p, self.training), edge_index)
 
 
+def _gcn_operator_pair(edge_index: Tensor, num_nodes: int) -> tuple[Tensor, Tensor]:
+    """The GCN operator and its transpose, both CSR (for :class:`SparseMatmul`)."""
+    ei, w = gcn_norm(edge_index, None, num_nodes, add_self_loops=True)
+    size = (num_nodes, num_nodes)
+    return to_torch_csr_tensor(ei.flip(0), w, size=size), to_torch_csr_tensor(ei, w, size=size)
+
+
+class SparseMatmul(torch.autograd.Function):
+    """``adj @ h`` for a constant CSR ``adj`` whose backward uses a precomputed transpose:
+    torch transposes the CSR matrix on every backward otherwise, which on Cora costs about 100
+    times the product itself (2.5 ms against 0.02 ms), once per propagation step."""
+
+    @staticmethod
+    def forward(ctx: Any, adj: Tensor, adj_t: Tensor, h: Tensor) -> Tensor:
+        ctx.save_for_backward(adj_t)
+        return adj @ h
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[None, None, Tensor]:
+        (adj_t,) = ctx.saved_tensors
+        return None, None, adj_t @ grad
+
+
 class APPNP(MLP):
     """Klicpera et al.'s APPNP: an MLP predicts, then ``K`` steps of personalised PageRank with
-    teleport ``alpha`` propagate the predictions over the GCN-normalised graph (cached as a
-    CSR matrix when ``fast``, as in :class:`GCN`)."""
+    teleport ``alpha`` propagate the predictions over the GCN-normalised graph. With ``fast``
+    the operator and its transpose are cached per graph and the steps run as
+    :class:`SparseMatmul` products (the same sums as PyG's ``APPNP``, a fraction of its
+    backward time)."""
 
     uses_graph: ClassVar[bool] = True
 
@@ -204,7 +229,11 @@ class APPNP(MLP):
         dropout = self.dropout[0] if isinstance(self.dropout, list) else self.dropout
         h = super().forward(feature_dropout(x, dropout, self.training))
         if self.fast:
-            return self.prop(h, self.graph_cache.get(edge_index, x.size(0), _gcn_operator))
+            adj, adj_t = self.graph_cache.get(edge_index, x.size(0), _gcn_operator_pair)
+            out, alpha = h, self.prop.alpha
+            for _ in range(self.prop.K):
+                out = (1 - alpha) * SparseMatmul.apply(adj, adj_t, out) + alpha * h
+            return out
         ei, w = gcn_norm(edge_index, None, x.size(0), add_self_loops=True)
         return self.prop(h, ei, w)
 
