@@ -36,8 +36,9 @@ def atomic_write_bytes(path: str | os.PathLike[str], payload: bytes) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would differ from a plain open()
         with os.fdopen(fd, "wb") as handle:
+            if hasattr(os, "fchmod"):  # the mode open() would give, not mkstemp's 0600
+                os.fchmod(handle.fileno(), 0o666 & ~_umask())
             handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
