@@ -68,15 +68,17 @@ class Summary:
     @property
     def forward_ms(self) -> float:
         """Median over seeds of each run's median forward latency."""
-        return statistics.median(self.values("forward_ms_median"))
+        return self.median("forward_ms_median")
 
     @property
     def peak_memory_mb(self) -> float:
         """The largest peak over the runs: what a machine must have."""
         return max(self.values("peak_memory_mb"))
 
-    def mean(self, key: str) -> float:
-        return statistics.fmean(self.values(key))
+    def median(self, key: str) -> float:
+        """Times are summarised by the median: a run slowed by other load on the machine moves
+        a mean, not a median."""
+        return statistics.median(self.values(key))
 
 
 def summarize(rows: Sequence[dict[str, Any]]) -> list[Summary]:
@@ -151,8 +153,9 @@ def pareto_front(summaries: Sequence[Summary]) -> list[Summary]:
 # Tables
 
 
-SUMMARY_HEADERS = ("model", "device", "runs", "test_acc", "test_macro_f1", "total_train_time_s",
-                   "train_loop_time_s", "avg_forward_ms (median)", "peak_memory_mb", "params")
+SUMMARY_HEADERS = ("model", "device", "runs", "test_acc", "test_macro_f1",
+                   "total_train_time_s (median)", "train_loop_time_s (median)",
+                   "avg_forward_ms (median)", "peak_memory_mb", "params")
 
 
 def _pm(mean_and_std: tuple[float, float]) -> str:
@@ -165,7 +168,7 @@ def _p(value: float) -> str:
 
 def summary_cells(s: Summary) -> list[str]:
     return [s.name, s.device, str(s.runs), _pm(s.acc), _pm(s.f1),
-            f"{s.mean('total_train_time_s'):.2f}", f"{s.mean('train_loop_time_s'):.2f}",
+            f"{s.median('total_train_time_s'):.2f}", f"{s.median('train_loop_time_s'):.2f}",
             f"{s.forward_ms:.3f}", f"{s.peak_memory_mb:.1f}", f"{s.num_params:,}"]
 
 
@@ -217,7 +220,8 @@ def summary_markdown(summaries: Sequence[Summary], meta: dict[str, Any]) -> str:
         "- test_acc, test_macro_f1: mean ± sample std over seeds, on the public test split, for "
         "the weights of the best validation epoch.",
         "- total_train_time_s: the whole fit (training steps, per-epoch validation, model "
-        "selection); train_loop_time_s: the training steps only. Means over seeds.",
+        "selection); train_loop_time_s: the training steps only. Medians over seeds (robust to "
+        "a run slowed by other load on the machine).",
         f"- avg_forward_ms: median over seeds of each run's median full-graph forward "
         f"(eval mode, `torch.inference_mode`, {first.get('latency_warmup')} warm-up + "
         f"{first.get('latency_iters')} timed calls, device synchronised around each).",
@@ -263,7 +267,7 @@ Derived from the numbers in `summary.md` by these rules, applied per device:
 def _describe(s: Summary) -> str:
     mean, std = s.acc
     return (f"**{s.name}**: test accuracy {mean:.4f} ± {std:.4f} over {s.runs} seeds, "
-            f"{s.forward_ms:.3f} ms per full-graph forward, {s.mean('total_train_time_s'):.1f} s "
+            f"{s.forward_ms:.3f} ms per full-graph forward, {s.median('total_train_time_s'):.1f} s "
             f"to train, peak memory {s.peak_memory_mb:.1f} MB")
 
 
