@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import FormatStrFormatter
+from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
 if TYPE_CHECKING:
     from gnn.report import Summary
@@ -76,16 +76,23 @@ def learning_curves_png(summaries: Sequence[Summary]) -> bytes:
     one line per model x device."""
     fig = Figure(figsize=(12, 4.5))
     loss_ax, val_ax = fig.subplots(1, 2)
+    losses = []
     for s, color in zip(summaries, _colors(len(summaries)), strict=True):
         for ax, key in ((loss_ax, "train_loss"), (val_ax, "val_acc")):
             mean, std = _mean_band([row["history"][key] for row in s.rows])
             epochs = np.arange(1, len(mean) + 1)
             ax.plot(epochs, mean, color=color, linewidth=1.4, label=f"{s.label} (n={s.runs})")
             ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
-    loss_ax.set_yscale("log")
-    loss_ax.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))
-    loss_ax.yaxis.set_minor_formatter(FormatStrFormatter("%.3g"))
-    loss_ax.set_ylabel("training loss (log scale)")
+            if key == "train_loss":
+                losses.append(mean)
+    low, high = float(np.min(np.concatenate(losses))), float(np.max(np.concatenate(losses)))
+    log_scale = low > 0 and high / low > 3  # a log axis only helps over a wide range
+    if log_scale:
+        loss_ax.set_yscale("log")
+        loss_ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        loss_ax.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))
+        loss_ax.yaxis.set_minor_formatter(NullFormatter())
+    loss_ax.set_ylabel("training loss" + (" (log scale)" if log_scale else ""))
     val_ax.set_ylabel("validation accuracy")
     for ax in (loss_ax, val_ax):
         ax.set_xlabel("epoch")

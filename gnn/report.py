@@ -261,7 +261,9 @@ Derived from the numbers in `summary.md` by these rules, applied per device:
    minus the best model's standard deviation over seeds, the fastest (lowest median forward
    latency). Within one std, seeds do not tell the models apart, so speed decides.
 4. **Pick** the rule-3 model; Welch's p-value against the most accurate model says how sure the
-   accuracy gap is."""
+   accuracy gap is.
+5. **Trade-offs.** Models on the accuracy-latency Pareto front that are faster than the pick are
+   listed with their speed-up, accuracy cost and Welch's p-value against the pick."""
 
 
 def _describe(s: Summary) -> str:
@@ -298,37 +300,50 @@ def _budget_lines(group: list[Summary], budget: float | None) -> tuple[list[Summ
     return fits, lines
 
 
+def _device_section(group: list[Summary], budget: float | None) -> list[str]:
+    """Rules 1-5 on one device's models."""
+    candidates, lines = _budget_lines(group, budget)
+    best = max(candidates, key=lambda s: s.acc[0])
+    floor = best.acc[0] - best.acc[1]
+    close = [s for s in candidates if s.acc[0] >= floor]
+    pick = min(close, key=lambda s: s.forward_ms)
+    others = [s.name for s in close if s is not best]
+    within = f"- Within one std of it (mean test accuracy >= {floor:.4f}): "
+    lines.append(f"- Most accurate: {_describe(best)}.")
+    if pick is best:
+        lines.append(within + (f"{', '.join(others)}, none faster." if others
+                               else "no other model."))
+        verdict = ("the most accurate model is also the fastest of those the seeds cannot tell "
+                   "apart from it.")
+    else:
+        _, p = welch(best.values("test_acc"), pick.values("test_acc"))
+        gap, speedup = best.acc[0] - pick.acc[0], best.forward_ms / pick.forward_ms
+        lines.append(within + f"{', '.join(others)}; the fastest is {_describe(pick)}.")
+        separated = ("the seeds do not separate the two" if math.isnan(p) or p >= ALPHA
+                     else f"the gap is unlikely to be seed noise (p < {ALPHA}); prefer "
+                          f"{best.name} when {gap:.4f} accuracy matters more than "
+                          f"{speedup:.1f}x latency")
+        verdict = (f"{gap:.4f} below the most accurate model in mean test accuracy (Welch's "
+                   f"p = {_p(p)}: {separated}) and {speedup:.1f}x faster per forward pass.")
+    lines += ["", f"**Pick {pick.name}**: {verdict}", ""]
+    for s in pareto_front(candidates):
+        if s.forward_ms < pick.forward_ms:  # necessarily less accurate than one std allows
+            _, p = welch(pick.values("test_acc"), s.values("test_acc"))
+            noise = "within seed noise" if math.isnan(p) or p >= ALPHA else "a real loss"
+            lines.append(f"- Under a tighter latency budget: {s.name} is "
+                         f"{pick.forward_ms / s.forward_ms:.1f}x faster per forward at "
+                         f"{pick.acc[0] - s.acc[0]:.4f} lower mean test accuracy (Welch's "
+                         f"p = {_p(p)}: {noise}).")
+    return lines
+
+
 def recommendation_markdown(summaries: Sequence[Summary], budget: float | None = None) -> str:
     parts = [f"# Recommendation: {', '.join(sorted({s.dataset for s in summaries}))}", "",
              RULES, ""]
     for device in dict.fromkeys(s.device for s in summaries):
-        group = [s for s in summaries if s.device == device]
-        candidates, lines = _budget_lines(group, budget)
-        best = max(candidates, key=lambda s: s.acc[0])
-        floor = best.acc[0] - best.acc[1]
-        close = [s for s in candidates if s.acc[0] >= floor]
-        pick = min(close, key=lambda s: s.forward_ms)
-        parts += [f"## {device}", "", *lines, f"- Most accurate: {_describe(best)}."]
-        others = [s.name for s in close if s is not best]
-        if pick is best:
-            parts.append(f"- Within one std of it (mean test accuracy >= {floor:.4f}): "
-                         + (", ".join(others) if others else "no other model")
-                         + "; none is faster.")
-            parts += ["", f"**Pick {pick.name}**: the most accurate model is also the fastest "
-                      "of those the seeds cannot tell apart from it.", ""]
-            continue
-        _, p = welch(best.values("test_acc"), pick.values("test_acc"))
-        speedup = best.forward_ms / pick.forward_ms
-        parts.append(f"- Within one std of it (mean test accuracy >= {floor:.4f}): "
-                     f"{', '.join(others)}; the fastest is {_describe(pick)}.")
-        verdict = ("the seeds do not separate the two" if math.isnan(p) or p >= ALPHA
-                   else f"the gap is unlikely to be seed noise (p < {ALPHA}); prefer "
-                        f"{best.name} when {best.acc[0] - pick.acc[0]:.4f} accuracy matters "
-                        f"more than {speedup:.1f}x latency")
-        parts += ["", f"**Pick {pick.name}**: {best.acc[0] - pick.acc[0]:.4f} below the most "
-                  f"accurate model in mean test accuracy (Welch's p = {_p(p)}: {verdict}) and "
-                  f"{speedup:.1f}x faster per forward pass.", ""]
-    return "\n".join(parts)
+        parts += [f"## {device}", ""]
+        parts += _device_section([s for s in summaries if s.device == device], budget)
+    return "\n".join(parts) + "\n"
 
 
 # --------------------------------------------------------------------------------------------

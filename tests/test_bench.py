@@ -203,6 +203,7 @@ def test_pick_is_fastest_within_one_std_of_best() -> None:
     text = recommendation_markdown(summaries)
     assert "**Pick fast_close**" in text and "10.0x faster" in text
     assert "Most accurate: **slow_best**" in text
+    assert "tighter latency budget: fast_bad is 2.0x faster" in text and "a real loss" in text
     front = [s.name for s in pareto_front(summaries)]
     assert front == ["fast_bad", "fast_close", "slow_best"]
     p_bad = {c.other.name: c.p for c in compare_to_best(summaries)}["fast_bad"]
