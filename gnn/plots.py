@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
@@ -31,6 +32,16 @@ def _png(fig: Figure) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
     return buffer.getvalue()
+
+
+def _log_scale(ax: Axes, which: str) -> None:
+    """Log scale on axis ``which`` ("x" or "y"), labelled 0.1, 0.2, 0.5, 1, 2, ... rather than in
+    powers of ten."""
+    getattr(ax, f"set_{which}scale")("log")
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FormatStrFormatter("%.3g"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def _dataset(summaries: Sequence[Summary]) -> str:
@@ -56,7 +67,7 @@ def accuracy_vs_latency_png(summaries: Sequence[Summary], front: Sequence[Summar
                 zorder=1)
         ax.scatter(xs, ys, s=260, facecolors="none", edgecolors="0.2", linewidths=1.5,
                    zorder=3, label="Pareto front")
-    ax.set_xscale("log")
+    _log_scale(ax, "x")
     ax.set_xlabel("forward latency, full graph (ms, median; log scale)")
     ax.set_ylabel("test accuracy (mean ± std over seeds)")
     ax.set_title(f"{_dataset(summaries)}: accuracy vs latency")
@@ -88,10 +99,7 @@ def learning_curves_png(summaries: Sequence[Summary]) -> bytes:
     low, high = float(np.min(np.concatenate(losses))), float(np.max(np.concatenate(losses)))
     log_scale = low > 0 and high / low > 3  # a log axis only helps over a wide range
     if log_scale:
-        loss_ax.set_yscale("log")
-        loss_ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-        loss_ax.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))
-        loss_ax.yaxis.set_minor_formatter(NullFormatter())
+        _log_scale(loss_ax, "y")
     loss_ax.set_ylabel("training loss" + (" (log scale)" if log_scale else ""))
     val_ax.set_ylabel("validation accuracy")
     for ax in (loss_ax, val_ax):
