@@ -1,4 +1,4 @@
-"""Command line: ``gnn train``, ``gnn predict``, ``gnn scale``, ``gnn smoke``.
+"""Command line: ``gnn train``, ``gnn predict``, ``gnn bench``, ``gnn scale``, ``gnn smoke``.
 
 Every bad input ends in one line on stderr and exit code 2, before any file is written.
 Ctrl-C ends with exit code 130 and SIGTERM with 143, files already written stay complete and
@@ -90,6 +90,33 @@ def build_parser() -> Parser:
     scale.add_argument("--device", default="cpu", help="cpu or cuda")
     scale.add_argument("--threads", type=int, help="torch CPU threads (default: torch's); "
                        "1 is steadier on a machine shared with other jobs")
+
+    bench = sub.add_parser("bench", help="train every model on every seed and device; write "
+                           "tables, runs, plots and a recommendation")
+    bench.add_argument("--models", nargs="+", metavar="NAME",
+                       help="config names in --configs (default: those of "
+                            "mlp gcn sage sage_sampling gat appnp that exist)")
+    bench.add_argument("--seeds", type=int,
+                       help="seeds 0..N-1 per model and device (default 5; 2 with --quick)")
+    bench.add_argument("--devices", nargs="+", choices=("cpu", "cuda"), default=["cpu"],
+                       help="devices to run on (default: cpu)")
+    bench.add_argument("--dataset", help="dataset for every model (default: each config's)")
+    bench.add_argument("--root", help="data root (overrides data.root and GNN_DATA_ROOT)")
+    bench.add_argument("--epochs", type=int, help="epochs for every model (default: each "
+                       "config's; 10 with --quick)")
+    bench.add_argument("--configs", metavar="DIR",
+                       help="folder of YAML configs (default: the project's configs/)")
+    bench.add_argument("--out", default="results/bench", help="output folder "
+                       "(default: results/bench)")
+    bench.add_argument("--resume", action="store_true",
+                       help="keep the runs already in --out and run only the missing ones")
+    bench.add_argument("--quick", action="store_true",
+                       help="sanity run: 2 seeds, 10 epochs, 5 timed forwards")
+    bench.add_argument("--memory-budget-mb", type=float, metavar="MB",
+                       help="leave out models whose peak memory exceeds MB when recommending")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+    bench.add_argument("--trust-data", action="store_true", default=None,
+                       help="load raw files whose SHA-256 differs from the public ones")
 
     smoke = sub.add_parser("smoke", help="check the installation and that Cora loads")
     smoke.add_argument("--root", help="data root")
@@ -238,6 +265,51 @@ def cmd_scale(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import shlex
+    from pathlib import Path
+
+    from gnn import bench
+    from gnn.report import machine_meta, write_report
+
+    configs_dir = Path(args.configs) if args.configs else bench.default_configs_dir()
+    if not configs_dir.is_dir():
+        raise ConfigError(f"--configs: {configs_dir} is not a folder")
+    names = args.models or bench.default_models(configs_dir)
+    seeds = args.seeds
+    if seeds is None:
+        seeds = bench.QUICK_SEEDS if args.quick else bench.DEFAULT_SEEDS
+    epochs = args.epochs
+    if epochs is None and args.quick:
+        epochs = bench.QUICK_EPOCHS
+    if args.memory_budget_mb is not None and not args.memory_budget_mb > 0:
+        raise ConfigError(f"--memory-budget-mb: must be > 0, got {args.memory_budget_mb}")
+    overrides = {"data.name": args.dataset, "data.root": args.root, "train.epochs": epochs,
+                 "data.trust_data": args.trust_data, "train.progress": False}
+    plan = bench.plan_runs(names, seeds, args.devices, configs_dir, overrides)
+    latency = bench.QUICK_LATENCY if args.quick else bench.LatencySettings()
+    out = Path(args.out)
+    try:
+        result = bench.run_bench(plan, out, resume=args.resume, latency=latency,
+                                 progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(f"gnn bench: interrupted; the finished runs are in {out}, "
+              "run the same command with --resume to finish", file=sys.stderr)
+        raise
+    command = "gnn " + shlex.join(sys.argv[1:] if args.argv is None else args.argv)
+    paths, table = write_report(result.rows, out, machine_meta(command, args.devices),
+                                args.memory_budget_mb)
+    print(table)
+    notes = [f"{result.ran} runs trained", f"{result.resumed} resumed"]
+    if result.dropped:
+        notes.append(f"{result.dropped} cut or repeated lines dropped from {bench.JSONL}")
+    if result.other_rows:
+        notes.append(f"{result.other_rows} rows of other runs kept but not reported")
+    written = [out / bench.JSONL, out / bench.CSV, *paths]
+    print(f"{'; '.join(notes)}. Wrote {', '.join(map(str, written))}")
+    return 0
+
+
 def cmd_smoke(args: argparse.Namespace) -> int:
     import torch
     import torch_geometric
@@ -256,8 +328,8 @@ def cmd_smoke(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-COMMANDS = {"train": cmd_train, "predict": cmd_predict, "scale": cmd_scale,
-            "smoke": cmd_smoke}
+COMMANDS = {"train": cmd_train, "predict": cmd_predict, "bench": cmd_bench,
+            "scale": cmd_scale, "smoke": cmd_smoke}
 
 
 def _fail(message: str, code: int) -> int:

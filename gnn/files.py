@@ -74,6 +74,8 @@ def atomic_write_bytes(path: str | os.PathLike[str], payload: bytes) -> None:
     try:
         os.fchmod(fd, _new_file_mode())  # mkstemp's 0600 would hide results from the group
         with os.fdopen(fd, "wb") as handle:
+            if hasattr(os, "fchmod"):  # the mode open() would give, not mkstemp's 0600
+                os.fchmod(handle.fileno(), 0o666 & ~_umask())
             handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
@@ -81,6 +83,12 @@ def atomic_write_bytes(path: str | os.PathLike[str], payload: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
@@ -114,3 +122,26 @@ def sigterm_raises() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def append_line(path: str | os.PathLike[str], line: str) -> None:
+    """Append one row as a single write, flushed and fsynced before returning: an interrupted
+    writer leaves whole rows, plus at worst one cut last line that :func:`complete_lines`
+    drops."""
+    if "\n" in line:
+        raise ValueError("a row must be a single line")
+    with open(path, "a", encoding="utf-8", newline="") as handle:
+        handle.write(line + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def complete_lines(path: str | os.PathLike[str]) -> tuple[list[str], bool]:
+    """The newline-terminated lines of ``path`` (none when it is missing), and whether a cut
+    last line was found and left out."""
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return [], False
+    *lines, tail = text.split("\n")
+    return lines, tail != ""

@@ -3,8 +3,9 @@
 Every model takes ``forward(x, edge_index)`` with a ``[2, E]`` edge index (edges point
 source -> target, as in PyG) and has ``reset_parameters``. A model with ``fast=True`` turns the
 edge index once into the sparse CSR operator its convolution needs (normalised adjacency for GCN,
-row-normalised adjacency for GraphSAGE) and keeps it until a different graph comes in; the
-result equals the plain PyG path up to float rounding (``tests/test_models.py`` checks it).
+row-normalised adjacency for GraphSAGE, the propagation matrix of APPNP) and keeps it until a
+different graph comes in; the result equals the plain PyG path up to float rounding
+(``tests/test_models.py`` checks it). GAT has no such operator and always runs the PyG path.
 
 Adding a model: one class with ``from_config`` (or the default one) and one line in ``MODELS``.
 """
@@ -16,7 +17,8 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch_geometric.nn import GCNConv, Linear, SAGEConv
+from torch_geometric.nn import APPNP as APPNPPropagation
+from torch_geometric.nn import GATConv, GCNConv, Linear, SAGEConv
 from torch_geometric.nn import models as pyg_models
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
 from torch_geometric.utils import to_torch_csr_tensor
@@ -150,9 +152,12 @@ class FromConfig:
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, in_channels: int, out_channels: int) -> nn.Module:
-        return cls(in_channels=in_channels, hidden_channels=cfg.hidden_channels,
-                   num_layers=cfg.num_layers, out_channels=out_channels, dropout=cfg.dropout,
-                   fast=cfg.fast, **cls.extra_kwargs(cfg))
+        kwargs: dict[str, Any] = {
+            "in_channels": in_channels, "hidden_channels": cfg.hidden_channels,
+            "num_layers": cfg.num_layers, "out_channels": out_channels,
+            "dropout": cfg.dropout, "fast": cfg.fast}
+        kwargs.update(cls.extra_kwargs(cfg))  # a model may also override the defaults
+        return cls(**kwargs)
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
@@ -263,10 +268,82 @@ class GraphSAGE(FromConfig, pyg_models.GraphSAGE):
         return super().inference_per_layer(layer, (x, x[:batch_size]), edge_index, batch_size)
 
 
+def feature_dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """Dropout on input features that may be a sparse CSR matrix (``F.dropout`` rejects those):
+    dropping stored values only is the same as dense dropout, since zeros stay zero."""
+    if not training or p == 0.0:
+        return x
+    if x.layout == torch.sparse_csr:
+        return torch.sparse_csr_tensor(x.crow_indices(), x.col_indices(),
+                                       F.dropout(x.values(), p, training), x.size())
+    return F.dropout(x, p, training)
+
+
+class GAT(FromConfig, pyg_models.GAT):
+    """Velickovic et al.'s GAT: ``heads`` concatenated heads of ``hidden_channels`` each, one
+    output head; dropout on every layer's input and, separately, on the attention weights.
+
+    ``fast`` changes nothing here: ``GATConv`` has no precomputable operator (attention weights
+    depend on the features), so both settings run the plain PyG path.
+    """
+
+    uses_graph: ClassVar[bool] = True
+
+    @classmethod
+    def extra_kwargs(cls, cfg: ModelConfig) -> dict[str, Any]:
+        # hidden_channels is per head, so any head count is valid (no divisibility rule).
+        return {"hidden_channels": cfg.hidden_channels * cfg.heads, "heads": cfg.heads,
+                "attn_dropout": cfg.attn_dropout}
+
+    def init_conv(self, in_channels: int, out_channels: int, **kwargs: Any) -> nn.Module:
+        heads, attn_dropout = kwargs.pop("heads", 1), kwargs.pop("attn_dropout", 0.0)
+        if getattr(self, "_is_conv_to_out", False):  # set by BasicGNN before the last layer
+            return GATConv(in_channels, out_channels, heads=1, concat=False,
+                           dropout=attn_dropout, **kwargs)
+        return GATConv(in_channels, out_channels // heads, heads=heads, dropout=attn_dropout,
+                       **kwargs)
+
+    def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:  # type: ignore[override]
+        # BasicGNN drops out hidden features only; the GAT recipe also drops the input's.
+        return super().forward(feature_dropout(x, self.dropout.p, self.training), edge_index)
+
+
+class APPNP(MLP):
+    """Klicpera et al.'s APPNP: an MLP predicts, then ``K`` steps of personalised PageRank with
+    teleport ``alpha`` propagate the predictions over the GCN-normalised graph. With ``fast``
+    the operator and its transpose are cached per graph and the steps run as
+    :func:`propagate` products (the same sums as PyG's ``APPNP``; torch would otherwise transpose
+    the sparse matrix in every step's backward, about 100 times the product's cost)."""
+
+    uses_graph: ClassVar[bool] = True
+
+    def __init__(self, *args: Any, K: int = 10, alpha: float = 0.1, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.prop = APPNPPropagation(K, alpha, normalize=False)
+
+    @classmethod
+    def extra_kwargs(cls, cfg: ModelConfig) -> dict[str, Any]:
+        return {**super().extra_kwargs(cfg), "K": cfg.K, "alpha": cfg.alpha}
+
+    def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:  # type: ignore[override]
+        dropout = self.dropout[0] if isinstance(self.dropout, list) else self.dropout
+        h = super().forward(feature_dropout(x, dropout, self.training))
+        if self.fast:
+            adj = self.graph_cache.get(edge_index, _gcn_operator, x.size(0))
+            out, alpha = h, self.prop.alpha
+            for _ in range(self.prop.K):
+                out = (1 - alpha) * propagate(adj, out) + alpha * h
+            return out
+        ei, w = gcn_norm(edge_index, None, x.size(0), add_self_loops=True)
+        return self.prop(h, ei, w)
+
+
 MODELS: dict[str, type[nn.Module]] = {
     "mlp": MLP,
     "gcn": GCN,
     "sage": GraphSAGE,
+    "gat": GAT,
+    "appnp": APPNP,
 }
 
 
@@ -278,4 +355,4 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["GCN", "MLP", "GraphSAGE", "MODELS", "build_model", "count_parameters"]
+__all__ = ["APPNP", "GAT", "GCN", "MLP", "GraphSAGE", "MODELS", "build_model", "count_parameters"]

@@ -1,0 +1,282 @@
+"""``gnn bench``: every model x device x seed trained by the one training loop, timed, recorded.
+
+Each finished run becomes one row in ``runs.jsonl`` (the full record, the source of truth) and
+one in ``runs.csv`` (flat columns), each written as a single flushed and fsynced line: an
+interrupted bench leaves whole rows. ``--resume`` re-reads ``runs.jsonl``, drops a cut last line,
+rewrites both files from the whole rows and runs only what is missing. Every input problem is
+found before the first file is written. The report (:mod:`gnn.report`) is built from the rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.data import Data
+
+from gnn import __version__
+from gnn.config import Config, ConfigError, SamplerConfig, _did_you_mean, load_config
+from gnn.data import load_dataset
+from gnn.files import append_line, atomic_write_text, complete_lines, ensure_writable_dir
+from gnn.memory import PeakWindow, probe_for
+from gnn.timing import measure_latency
+from gnn.training import fit, make_batching, public_record, resolve_device, summary_line
+
+#: The models ``gnn bench`` runs when ``--models`` is not given, those with a config present.
+DEFAULT_MODELS = ("mlp", "gcn", "sage", "sage_sampling", "gat", "appnp")
+DEFAULT_SEEDS = 5
+QUICK_SEEDS, QUICK_EPOCHS = 2, 10
+
+JSONL, CSV = "runs.jsonl", "runs.csv"
+CSV_COLUMNS = (
+    "name", "model", "dataset", "device", "seed", "sampled", "epochs", "best_epoch",
+    "num_params", "train_acc", "val_acc", "test_acc", "train_macro_f1", "val_macro_f1",
+    "test_macro_f1", "total_train_time_s", "train_loop_time_s", "forward_ms_median",
+    "forward_ms_iqr", "forward_ms_min", "latency_warmup", "latency_iters", "peak_memory_mb",
+    "memory_measure", "threads", "timestamp", "gnn_version", "python", "torch",
+    "torch_geometric", "config_hash", "config_json",
+)
+
+
+@dataclass(frozen=True)
+class LatencySettings:
+    """Forward-latency sampling per run: untimed warm-up calls, then timed calls."""
+
+    warmup: int = 10
+    iters: int = 50
+
+
+QUICK_LATENCY = LatencySettings(warmup=2, iters=5)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One planned training run: a config (by name) on one device with one seed."""
+
+    name: str
+    device: str
+    seed: int
+    cfg: Config
+
+    @property
+    def key(self) -> tuple[str, str, str, int]:
+        return (self.name, self.cfg.data.name, self.device, self.seed)
+
+
+def row_key(row: dict[str, Any]) -> tuple[str, str, str, int]:
+    return (row["name"], row["dataset"], row["device"], int(row["seed"]))
+
+
+def default_configs_dir() -> Path:
+    """The project's ``configs/`` folder beside the package (a source checkout), else
+    ``./configs``."""
+    beside = Path(__file__).resolve().parent.parent / "configs"
+    return beside if beside.is_dir() else Path("configs")
+
+
+def available_configs(configs_dir: Path) -> list[str]:
+    return sorted(p.stem for p in configs_dir.glob("*.yaml"))
+
+
+def default_models(configs_dir: Path) -> list[str]:
+    present = set(available_configs(configs_dir))
+    return [name for name in DEFAULT_MODELS if name in present]
+
+
+#: Config keys that say where data comes from or how a run reports, not what it computes.
+NOT_HASHED = {"data": ("root", "download", "trust_data"), "train": ("progress",)}
+
+
+def config_hash(cfg: Config) -> str:
+    """Fingerprint of everything that defines a run's numbers, so ``--resume`` never mixes
+    settings (a different ``--root`` for the same verified data is not a different setting)."""
+    raw = cfg.to_dict()
+    for section, names in NOT_HASHED.items():
+        for name in names:
+            raw[section].pop(name)
+    text = json.dumps(raw, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def plan_runs(names: Sequence[str], seeds: int, devices: Sequence[str], configs_dir: Path,
+              overrides: dict[str, Any]) -> list[Run]:
+    """Every (config, device, seed) to run, model-major; raises ConfigError on bad input."""
+    if seeds < 1:
+        raise ConfigError(f"--seeds: must be >= 1, got {seeds}")
+    available = available_configs(configs_dir)
+    if not names:
+        raise ConfigError(f"--models: no config found in {configs_dir}")
+    for device in devices:
+        resolve_device(device)
+    runs = []
+    for name in dict.fromkeys(names):  # keep order, drop repeats
+        if name not in available:
+            raise ConfigError(f"--models: no config {name!r} in {configs_dir}"
+                              f"{_did_you_mean(name, available)}; choose from "
+                              f"{', '.join(available) or 'nothing'}")
+        base = load_config(configs_dir / f"{name}.yaml").override(overrides)
+        for device in dict.fromkeys(devices):
+            for seed in range(seeds):
+                cfg = base.override({"train.seed": seed, "train.device": device})
+                runs.append(Run(name, device, seed, cfg))
+    return runs
+
+
+def full_graph_forward(cfg: Config, data: Data, model: nn.Module,
+                       device: torch.device) -> Callable[[], Tensor]:
+    """Predict every node in one forward pass, as training's full-batch ``predict`` does (eval
+    mode, ``inference_mode``) - also for a model trained on sampled mini-batches, so the
+    latencies of all models measure the same thing."""
+    batching = make_batching(dataclasses.replace(cfg, sampler=SamplerConfig()), data, device)
+    return lambda: batching.predict(model)
+
+
+def run_one(run: Run, data: Data, latency: LatencySettings) -> dict[str, Any]:
+    """Train, time the forward pass and measure peak memory; returns the row to record."""
+    device = resolve_device(run.device)
+    probe = probe_for(device)
+    with PeakWindow(probe) as memory:
+        result = fit(run.cfg, data)
+        predict = full_graph_forward(run.cfg, data, result["_model"], device)
+        stats = measure_latency(predict, device, latency.warmup, latency.iters)
+    row = public_record(result)
+    row.update({
+        "name": run.name, "gnn_version": __version__, "config_hash": config_hash(run.cfg),
+        "forward_ms_median": stats.median * 1e3, "forward_ms_iqr": stats.iqr * 1e3,
+        "forward_ms_min": stats.min * 1e3, "latency_warmup": stats.warmup,
+        "latency_iters": stats.iters, "peak_memory_mb": memory.peak / 2**20,
+        "memory_measure": probe.name,
+    })
+    return row
+
+
+def csv_values(row: dict[str, Any]) -> list[Any]:
+    flat = {**row, **row.get("versions", {}),
+            "config_json": json.dumps(row.get("config"), sort_keys=True)}
+    return [flat.get(column, "") for column in CSV_COLUMNS]
+
+
+def _csv_line(values: Sequence[Any]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="").writerow(values)
+    return buffer.getvalue()
+
+
+def _json_line(row: dict[str, Any]) -> str:
+    return json.dumps(row, sort_keys=True, allow_nan=True)
+
+
+class RunLog:
+    """``runs.jsonl`` + ``runs.csv`` in one folder, appended one complete row at a time."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.jsonl = out / JSONL
+        self.csv = out / CSV
+
+    def has_rows(self) -> bool:
+        return self.jsonl.exists() or self.csv.exists()
+
+    def read(self) -> tuple[list[dict[str, Any]], int]:
+        """Whole, parseable rows of ``runs.jsonl`` (first copy of each run), and how many lines
+        were dropped (cut by an interruption, garbled, or repeated)."""
+        lines, cut = complete_lines(self.jsonl)
+        rows: dict[tuple[str, str, str, int], dict[str, Any]] = {}
+        dropped = int(cut)
+        for line in lines:
+            try:
+                row = json.loads(line)
+                key = row_key(row)
+            except (ValueError, KeyError, TypeError):
+                dropped += 1
+                continue
+            if key in rows:
+                dropped += 1
+            else:
+                rows[key] = row
+        return list(rows.values()), dropped
+
+    def start(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Rewrite both files (atomically) from ``rows``: repairs a cut line and rebuilds the
+        CSV from the JSONL, which holds every row the CSV may have missed."""
+        atomic_write_text(self.jsonl, "".join(_json_line(r) + "\n" for r in rows))
+        lines = [_csv_line(CSV_COLUMNS)] + [_csv_line(csv_values(r)) for r in rows]
+        atomic_write_text(self.csv, "\n".join(lines) + "\n")
+
+    def append(self, row: dict[str, Any]) -> None:
+        append_line(self.jsonl, _json_line(row))  # the JSONL first: resume trusts it
+        append_line(self.csv, _csv_line(csv_values(row)))
+
+
+@dataclass
+class BenchResult:
+    rows: list[dict[str, Any]]  # the planned runs' rows, in plan order
+    ran: int  # runs trained by this invocation
+    resumed: int  # planned runs found already done
+    dropped: int  # lines dropped from an interrupted or garbled runs.jsonl
+    other_rows: int  # rows kept in the files that this plan did not ask for
+
+
+def run_bench(plan: Sequence[Run], out: Path, *, resume: bool, latency: LatencySettings,
+              progress: bool = True) -> BenchResult:
+    """Run what ``plan`` still lacks in ``out`` and return all its rows."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out: {out} is a file, expected a folder")
+    log = RunLog(out)
+    if log.has_rows() and not resume:
+        raise ConfigError(f"--out: {out} already holds runs ({JSONL}); pass --resume to finish "
+                          "them or choose another folder")
+    rows, dropped = log.read() if resume else ([], 0)
+    planned = {run.key: run for run in plan}
+    for row in rows:
+        run = planned.get(row_key(row))
+        if run is not None and row.get("config_hash") != config_hash(run.cfg):
+            raise ConfigError(f"--resume: {log.jsonl} holds {run.name} seed {run.seed} on "
+                              f"{run.device} run with other settings; use another --out")
+    done = {row_key(row) for row in rows}
+    todo = [run for run in plan if run.key not in done]
+    datasets = _load_datasets(todo)  # data errors surface before any file is written
+    ensure_writable_dir(out, "--out")
+    log.start(rows)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(plan), initial=len(plan) - len(todo), unit="run", desc="bench",
+               disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    with bar:
+        for run in todo:
+            bar.set_postfix_str(f"{run.name} seed {run.seed} {run.device}", refresh=True)
+            row = run_one(run, datasets[_data_key(run.cfg)], latency)
+            log.append(row)
+            rows.append(row)
+            bar.update(1)
+            if progress:
+                bar.write(summary_line({**row, "model": run.name}), file=sys.stderr)
+    by_key = {row_key(row): row for row in rows}
+    return BenchResult(rows=[by_key[run.key] for run in plan], ran=len(todo),
+                       resumed=len(plan) - len(todo), dropped=dropped,
+                       other_rows=len(by_key.keys() - planned.keys()))
+
+
+def _data_key(cfg: Config) -> str:
+    return json.dumps(dataclasses.asdict(cfg.data), sort_keys=True)
+
+
+def _load_datasets(runs: Sequence[Run]) -> dict[str, Data]:
+    """Each distinct data config loaded once (configs may normalise features differently)."""
+    datasets: dict[str, Data] = {}
+    for run in runs:
+        key = _data_key(run.cfg)
+        if key not in datasets:
+            datasets[key] = load_dataset(run.cfg.data)
+    return datasets

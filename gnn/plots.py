@@ -1,0 +1,110 @@
+"""The bench's two figures, rendered off-screen (Agg) to PNG bytes for an atomic write.
+
+Figures are built with ``matplotlib.figure.Figure`` and an Agg canvas, never ``pyplot``, so no
+display, global state or backend switch is involved (safe in tests and on headless machines).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
+if TYPE_CHECKING:
+    from gnn.report import Summary
+
+
+def _colors(n: int) -> list[tuple[float, ...]]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    return [cmap(i % 10) for i in range(n)]
+
+
+def _png(fig: Figure) -> bytes:
+    FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def _log_scale(ax: Axes, which: str) -> None:
+    """Log scale on axis ``which`` ("x" or "y"), labelled 0.1, 0.2, 0.5, 1, 2, ... rather than in
+    powers of ten."""
+    getattr(ax, f"set_{which}scale")("log")
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FormatStrFormatter("%.3g"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _dataset(summaries: Sequence[Summary]) -> str:
+    return ", ".join(sorted({s.dataset for s in summaries}))
+
+
+def accuracy_vs_latency_png(summaries: Sequence[Summary], front: Sequence[Summary]) -> bytes:
+    """Mean test accuracy (error bar: std over seeds) against median forward latency (log x),
+    one point per model x device; the Pareto front is drawn as a step line through ringed
+    points."""
+    fig = Figure(figsize=(7.5, 5))
+    ax = fig.add_subplot()
+    for s, color in zip(summaries, _colors(len(summaries)), strict=True):
+        mean, std = s.acc
+        ax.errorbar(s.forward_ms, mean, yerr=std, fmt="o", color=color, capsize=4,
+                    markersize=7, label=f"{s.label} (n={s.runs})")
+        ax.annotate(s.label, (s.forward_ms, mean), textcoords="offset points", xytext=(7, 5),
+                    fontsize=9, color=color)
+    if front:
+        xs = [s.forward_ms for s in front]
+        ys = [s.acc[0] for s in front]
+        ax.plot(xs, ys, drawstyle="steps-post", linestyle="--", color="0.35", linewidth=1.2,
+                zorder=1)
+        ax.scatter(xs, ys, s=260, facecolors="none", edgecolors="0.2", linewidths=1.5,
+                   zorder=3, label="Pareto front")
+    _log_scale(ax, "x")
+    ax.set_xlabel("forward latency, full graph (ms, median; log scale)")
+    ax.set_ylabel("test accuracy (mean ± std over seeds)")
+    ax.set_title(f"{_dataset(summaries)}: accuracy vs latency")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return _png(fig)
+
+
+def _mean_band(curves: list[list[float]]) -> tuple[np.ndarray, np.ndarray]:
+    length = min(len(c) for c in curves)
+    stacked = np.array([c[:length] for c in curves], dtype=float)
+    return stacked.mean(axis=0), stacked.std(axis=0)
+
+
+def learning_curves_png(summaries: Sequence[Summary]) -> bytes:
+    """Training loss and validation accuracy per epoch: mean line and ± std band over seeds,
+    one line per model x device."""
+    fig = Figure(figsize=(12, 4.5))
+    loss_ax, val_ax = fig.subplots(1, 2)
+    losses = []
+    for s, color in zip(summaries, _colors(len(summaries)), strict=True):
+        for ax, key in ((loss_ax, "train_loss"), (val_ax, "val_acc")):
+            mean, std = _mean_band([row["history"][key] for row in s.rows])
+            epochs = np.arange(1, len(mean) + 1)
+            ax.plot(epochs, mean, color=color, linewidth=1.4, label=f"{s.label} (n={s.runs})")
+            ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
+            if key == "train_loss":
+                losses.append(mean)
+    low, high = float(np.min(np.concatenate(losses))), float(np.max(np.concatenate(losses)))
+    log_scale = low > 0 and high / low > 3  # a log axis only helps over a wide range
+    if log_scale:
+        _log_scale(loss_ax, "y")
+    loss_ax.set_ylabel("training loss" + (" (log scale)" if log_scale else ""))
+    val_ax.set_ylabel("validation accuracy")
+    for ax in (loss_ax, val_ax):
+        ax.set_xlabel("epoch")
+        ax.grid(True, alpha=0.3)
+    val_ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle(f"{_dataset(summaries)}: learning curves (mean and ± std band over seeds)")
+    return _png(fig)

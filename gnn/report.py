@@ -1,0 +1,387 @@
+"""The bench report, derived only from the recorded rows: ``summary.md``, ``recommendation.md``,
+the two plots and the terminal table.
+
+Nothing here names a particular model: every sentence is computed from the numbers by the rules
+written at the top of ``recommendation.md``, so a different graph or machine gives a different,
+still justified, answer.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import statistics
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gnn.files import atomic_write_bytes
+
+SUMMARY_MD, RECOMMENDATION_MD = "summary.md", "recommendation.md"
+ACCURACY_PNG, CURVES_PNG = "accuracy_vs_latency.png", "learning_curves.png"
+ALPHA = 0.05  # significance level quoted next to Welch's p-values
+
+MEMORY_MEASURES = {
+    "cuda_max_allocated": "CUDA max allocated bytes above the level at the start of the run",
+    "rss_peak_growth": "growth of the process's peak resident memory (kernel high-water mark, "
+                       "reset at the start of the run)",
+    "rss_growth": "growth of the process's resident memory from start to end of the run "
+                  "(a lower bound of the peak)",
+}
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+@dataclass
+class Summary:
+    """One model x device over its seeds."""
+
+    name: str
+    device: str
+    dataset: str
+    sampled: bool
+    num_params: int
+    rows: list[dict[str, Any]] = field(repr=False)
+    label: str = ""
+
+    def values(self, key: str) -> list[float]:
+        return [float(row[key]) for row in self.rows]
+
+    @property
+    def runs(self) -> int:
+        return len(self.rows)
+
+    @property
+    def acc(self) -> tuple[float, float]:
+        return mean_std(self.values("test_acc"))
+
+    @property
+    def f1(self) -> tuple[float, float]:
+        return mean_std(self.values("test_macro_f1"))
+
+    @property
+    def forward_ms(self) -> float:
+        """Median over seeds of each run's median forward latency."""
+        return self.median("forward_ms_median")
+
+    @property
+    def peak_memory_mb(self) -> float:
+        """The largest peak over the runs: what a machine must have."""
+        return max(self.values("peak_memory_mb"))
+
+    def median(self, key: str) -> float:
+        """Times are summarised by the median: a run slowed by other load on the machine moves
+        a mean, not a median."""
+        return statistics.median(self.values(key))
+
+
+def summarize(rows: Sequence[dict[str, Any]]) -> list[Summary]:
+    """Group rows by model x device, in the order they first appear."""
+    groups: dict[tuple[str, str], Summary] = {}
+    for row in rows:
+        key = (row["name"], row["device"])
+        if key not in groups:
+            groups[key] = Summary(row["name"], row["device"], row["dataset"],
+                                  bool(row.get("sampled")), int(row["num_params"]), [])
+        groups[key].rows.append(row)
+    summaries = list(groups.values())
+    several_devices = len({s.device for s in summaries}) > 1
+    for s in summaries:
+        s.label = f"{s.name} ({s.device})" if several_devices else s.name
+    return summaries
+
+
+@dataclass
+class Comparison:
+    """Welch's t-test of the best model's test accuracies against another's, same device."""
+
+    best: Summary
+    other: Summary
+    t: float
+    p: float
+
+    @property
+    def diff(self) -> float:
+        return self.best.acc[0] - self.other.acc[0]
+
+
+def welch(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """Welch's t statistic and two-sided p-value; NaN when either side has < 2 values or both
+    have no spread (the test is undefined there)."""
+    if len(a) < 2 or len(b) < 2:
+        return math.nan, math.nan
+    from scipy.stats import ttest_ind
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # zero variance: scipy returns NaN
+        result = ttest_ind(a, b, equal_var=False)
+    return float(result.statistic), float(result.pvalue)
+
+
+def best_per_device(summaries: Sequence[Summary]) -> dict[str, Summary]:
+    best: dict[str, Summary] = {}
+    for s in summaries:
+        if s.device not in best or s.acc[0] > best[s.device].acc[0]:
+            best[s.device] = s
+    return best
+
+
+def compare_to_best(summaries: Sequence[Summary]) -> list[Comparison]:
+    best = best_per_device(summaries)
+    return [Comparison(best[s.device], s, *welch(best[s.device].values("test_acc"),
+                                                 s.values("test_acc")))
+            for s in summaries if s is not best[s.device]]
+
+
+def pareto_front(summaries: Sequence[Summary]) -> list[Summary]:
+    """Points no other point beats on both accuracy (higher) and latency (lower), fastest
+    first."""
+    def dominated(s: Summary) -> bool:
+        return any(o.forward_ms <= s.forward_ms and o.acc[0] >= s.acc[0]
+                   and (o.forward_ms < s.forward_ms or o.acc[0] > s.acc[0]) for o in summaries)
+
+    return sorted((s for s in summaries if not dominated(s)), key=lambda s: s.forward_ms)
+
+
+# --------------------------------------------------------------------------------------------
+# Tables
+
+
+SUMMARY_HEADERS = ("model", "device", "runs", "test_acc", "test_macro_f1",
+                   "total_train_time_s (median)", "train_loop_time_s (median)",
+                   "avg_forward_ms (median)", "peak_memory_mb", "params")
+
+
+def _pm(mean_and_std: tuple[float, float]) -> str:
+    return f"{mean_and_std[0]:.4f} ± {mean_and_std[1]:.4f}"
+
+
+def _p(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.3g}"
+
+
+def summary_cells(s: Summary) -> list[str]:
+    return [s.name, s.device, str(s.runs), _pm(s.acc), _pm(s.f1),
+            f"{s.median('total_train_time_s'):.2f}", f"{s.median('train_loop_time_s'):.2f}",
+            f"{s.forward_ms:.3f}", f"{s.peak_memory_mb:.1f}", f"{s.num_params:,}"]
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(lines)
+
+
+def terminal_table(summaries: Sequence[Summary]) -> str:
+    return text_table(SUMMARY_HEADERS, [summary_cells(s) for s in summaries])
+
+
+def _welch_rows(comparisons: Sequence[Comparison]) -> list[list[str]]:
+    return [[c.other.device, c.best.name, c.other.name, f"{c.diff:+.4f}",
+             "n/a" if math.isnan(c.t) else f"{c.t:.2f}", _p(c.p),
+             "n/a" if math.isnan(c.p) else ("yes" if c.p < ALPHA else "no")]
+            for c in comparisons]
+
+
+def summary_markdown(summaries: Sequence[Summary], meta: dict[str, Any]) -> str:
+    first = summaries[0].rows[0]
+    versions = first.get("versions", {})
+    measures = sorted({row["memory_measure"] for s in summaries for row in s.rows})
+    seeds = sorted({int(row["seed"]) for s in summaries for row in s.rows})
+    comparisons = compare_to_best(summaries)
+    front = pareto_front(summaries)
+    parts = [
+        f"# Benchmark: {', '.join(sorted({s.dataset for s in summaries}))}",
+        "",
+        f"{len(seeds)} seeds ({', '.join(map(str, seeds))}) per model and device; "
+        f"{meta.get('date', time.strftime('%Y-%m-%d %H:%M'))}; gnn {first.get('gnn_version')}, "
+        f"torch {versions.get('torch')}, torch_geometric {versions.get('torch_geometric')}, "
+        f"python {versions.get('python')}; {first.get('threads')} CPU threads on "
+        f"{meta.get('cpu') or platform.machine()}"
+        + (f"; GPU {meta['gpu']}" if meta.get("gpu") else "") + ".",
+        "",
+        f"Command: `{meta['command']}`" if meta.get("command") else "",
+        "",
+        markdown_table(SUMMARY_HEADERS, [summary_cells(s) for s in summaries]),
+        "",
+        "- test_acc, test_macro_f1: mean ± sample std over seeds, on the public test split, for "
+        "the weights of the best validation epoch.",
+        "- total_train_time_s: the whole fit (training steps, per-epoch validation, model "
+        "selection); train_loop_time_s: the training steps only. Medians over seeds (robust to "
+        "a run slowed by other load on the machine).",
+        f"- avg_forward_ms: median over seeds of each run's median full-graph forward "
+        f"(eval mode, `torch.inference_mode`, {first.get('latency_warmup')} warm-up + "
+        f"{first.get('latency_iters')} timed calls, device synchronised around each).",
+        "- peak_memory_mb: the largest over the runs of the "
+        + "; ".join(MEMORY_MEASURES.get(m, m) for m in measures) + ".",
+        "",
+        "## Is the best model really better?",
+        "",
+        "Welch's t-test (unequal variances, two-sided) of the per-seed test accuracies of the most "
+        f"accurate model on each device against every other model there; `p < {ALPHA}` means "
+        "the seeds separate the two, otherwise the difference may be seed noise.",
+        "",
+        markdown_table(("device", "best", "other", "Δ test_acc", "t", "p", f"p < {ALPHA}"),
+                       _welch_rows(comparisons)) if comparisons else "(only one model)",
+        "",
+        "## Pareto front (accuracy vs forward latency)",
+        "",
+        "Models that no other model beats on both mean test accuracy and forward latency, "
+        "fastest first: " + ", ".join(f"{s.label} ({s.acc[0]:.4f}, {s.forward_ms:.3f} ms)"
+                                      for s in front) + ".",
+        "",
+    ]
+    return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------------------------
+# Recommendation
+
+
+RULES = """\
+Derived from the numbers in `summary.md` by these rules, applied per device:
+
+1. **Memory budget.** With `--memory-budget-mb B`, models whose peak memory exceeds B are left
+   out before the other rules (and it is said when only neighbour-sampled training fits).
+2. **Best accuracy.** The most accurate model is the one with the highest mean test accuracy.
+3. **Fastest within one std.** Among models whose mean test accuracy is at least the best mean
+   minus the best model's standard deviation over seeds, the fastest (lowest median forward
+   latency). Within one std, seeds do not tell the models apart, so speed decides.
+4. **Pick** the rule-3 model; Welch's p-value against the most accurate model says how sure the
+   accuracy gap is.
+5. **Trade-offs.** Models on the accuracy-latency Pareto front that are faster than the pick are
+   listed with their speed-up, accuracy cost and Welch's p-value against the pick."""
+
+
+def _describe(s: Summary) -> str:
+    mean, std = s.acc
+    return (f"**{s.name}**: test accuracy {mean:.4f} ± {std:.4f} over {s.runs} seeds, "
+            f"{s.forward_ms:.3f} ms per full-graph forward, {s.median('total_train_time_s'):.1f} s "
+            f"to train, peak memory {s.peak_memory_mb:.1f} MB")
+
+
+def _budget_lines(group: list[Summary], budget: float | None) -> tuple[list[Summary], list[str]]:
+    if budget is None:
+        low = min(group, key=lambda s: s.peak_memory_mb)
+        high = max(group, key=lambda s: s.peak_memory_mb)
+        return group, [f"- No memory budget given (`--memory-budget-mb`); peak memory ranges "
+                       f"from {low.peak_memory_mb:.1f} MB ({low.name}) to "
+                       f"{high.peak_memory_mb:.1f} MB ({high.name})."]
+    fits = [s for s in group if s.peak_memory_mb <= budget]
+    over = [s for s in group if s.peak_memory_mb > budget]
+    lines = []
+    if over:
+        lines.append(f"- Over the {budget:g} MB budget, left out: " + ", ".join(
+            f"{s.name} ({s.peak_memory_mb:.1f} MB)" for s in over) + ".")
+    if not fits:
+        low = min(group, key=lambda s: s.peak_memory_mb)
+        lines.append(f"- No model fits in {budget:g} MB (smallest peak: {low.name}, "
+                     f"{low.peak_memory_mb:.1f} MB); the rules below ignore the budget.")
+        return group, lines
+    if all(s.sampled for s in fits) and any(not s.sampled for s in over):
+        lines.append(f"- Only neighbour-sampled training fits in {budget:g} MB: "
+                     + ", ".join(s.name for s in fits) + ".")
+    else:
+        lines.append(f"- Within the {budget:g} MB budget: "
+                     + ", ".join(s.name for s in fits) + ".")
+    return fits, lines
+
+
+def _device_section(group: list[Summary], budget: float | None) -> list[str]:
+    """Rules 1-5 on one device's models."""
+    candidates, lines = _budget_lines(group, budget)
+    best = max(candidates, key=lambda s: s.acc[0])
+    floor = best.acc[0] - best.acc[1]
+    close = [s for s in candidates if s.acc[0] >= floor]
+    pick = min(close, key=lambda s: s.forward_ms)
+    others = [s.name for s in close if s is not best]
+    within = f"- Within one std of it (mean test accuracy >= {floor:.4f}): "
+    lines.append(f"- Most accurate: {_describe(best)}.")
+    if pick is best:
+        lines.append(within + (f"{', '.join(others)}, none faster." if others
+                               else "no other model."))
+        verdict = ("the most accurate model is also the fastest of those the seeds cannot tell "
+                   "apart from it.")
+    else:
+        _, p = welch(best.values("test_acc"), pick.values("test_acc"))
+        gap, speedup = best.acc[0] - pick.acc[0], best.forward_ms / pick.forward_ms
+        lines.append(within + f"{', '.join(others)}; the fastest is {_describe(pick)}.")
+        separated = ("the seeds do not separate the two" if math.isnan(p) or p >= ALPHA
+                     else f"the gap is unlikely to be seed noise (p < {ALPHA}); prefer "
+                          f"{best.name} when {gap:.4f} accuracy matters more than "
+                          f"{speedup:.1f}x latency")
+        verdict = (f"{gap:.4f} below the most accurate model in mean test accuracy (Welch's "
+                   f"p = {_p(p)}: {separated}) and {speedup:.1f}x faster per forward pass.")
+    lines += ["", f"**Pick {pick.name}**: {verdict}", ""]
+    for s in pareto_front(candidates):
+        if s.forward_ms < pick.forward_ms:  # necessarily less accurate than one std allows
+            _, p = welch(pick.values("test_acc"), s.values("test_acc"))
+            noise = "within seed noise" if math.isnan(p) or p >= ALPHA else "a real loss"
+            lines.append(f"- Under a tighter latency budget: {s.name} is "
+                         f"{pick.forward_ms / s.forward_ms:.1f}x faster per forward at "
+                         f"{pick.acc[0] - s.acc[0]:.4f} lower mean test accuracy (Welch's "
+                         f"p = {_p(p)}: {noise}).")
+    return lines
+
+
+def recommendation_markdown(summaries: Sequence[Summary], budget: float | None = None) -> str:
+    parts = [f"# Recommendation: {', '.join(sorted({s.dataset for s in summaries}))}", "",
+             RULES, ""]
+    for device in dict.fromkeys(s.device for s in summaries):
+        parts += [f"## {device}", ""]
+        parts += _device_section([s for s in summaries if s.device == device], budget)
+    return "\n".join(parts) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# Writing everything
+
+
+def machine_meta(command: str, devices: Sequence[str]) -> dict[str, Any]:
+    """Where and how the bench ran, for the header of ``summary.md``."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            cpu = next((line.split(":", 1)[1].strip() for line in handle
+                        if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    meta: dict[str, Any] = {"command": command, "cpu": cpu,
+                            "date": time.strftime("%Y-%m-%d %H:%M %Z")}
+    if "cuda" in devices:
+        import torch
+
+        meta["gpu"] = torch.cuda.get_device_name()
+    return meta
+
+
+def write_report(rows: Sequence[dict[str, Any]], out: Path, meta: dict[str, Any],
+                 budget: float | None = None) -> tuple[list[Path], str]:
+    """Write the four report files into ``out``; returns their paths and the terminal table."""
+    from gnn.plots import accuracy_vs_latency_png, learning_curves_png
+
+    summaries = summarize(rows)
+    outputs = {
+        SUMMARY_MD: summary_markdown(summaries, meta).encode(),
+        RECOMMENDATION_MD: recommendation_markdown(summaries, budget).encode(),
+        ACCURACY_PNG: accuracy_vs_latency_png(summaries, pareto_front(summaries)),
+        CURVES_PNG: learning_curves_png(summaries),
+    }
+    paths = []
+    for name, payload in outputs.items():
+        atomic_write_bytes(out / name, payload)
+        paths.append(out / name)
+    return paths, terminal_table(summaries)

@@ -1,0 +1,234 @@
+"""``gnn bench``: every output file, the CSV columns, valid PNGs, resume after an interruption,
+and the report's rules on hand-made numbers."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib.image
+import pytest
+
+from gnn import bench
+from gnn.cli import main
+from gnn.report import compare_to_best, pareto_front, recommendation_markdown, summarize, welch
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+REPORT_FILES = ("summary.md", "recommendation.md", "accuracy_vs_latency.png",
+                "learning_curves.png")
+SMALL = ["--quick", "--models", "mlp", "gcn", "--seeds", "2", "--epochs", "3", "--no-progress"]
+
+
+def jsonl_rows(path: Path) -> list[dict[str, Any]]:
+    text = path.read_text()
+    assert text.endswith("\n")
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def csv_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def keys(rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    return [(r["name"], str(r["device"]), str(r["seed"])) for r in rows]
+
+
+def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def quick(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
+    """One ``gnn bench --quick`` with the default models, shared by the checks below."""
+    out = tmp_path_factory.mktemp("bench") / "quick"
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = main(["bench", "--quick", "--root", str(data_root), "--out", str(out)])
+    assert code == 0, stderr.getvalue()
+    return out, stdout.getvalue(), stderr.getvalue()
+
+
+def test_quick_writes_every_file(quick: tuple[Path, str, str]) -> None:
+    out, stdout, stderr = quick
+    models = bench.default_models(bench.default_configs_dir())
+    runs = len(models) * bench.QUICK_SEEDS
+    for name in ("runs.jsonl", "runs.csv", *REPORT_FILES):
+        assert (out / name).stat().st_size > 0, name
+    rows = jsonl_rows(out / "runs.jsonl")
+    assert len(rows) == runs and len(set(keys(rows))) == runs
+    assert all(len(r["history"]["val_acc"]) == bench.QUICK_EPOCHS for r in rows)
+    # the progress bar went over the runs, the final table names every model
+    assert f"{runs}/{runs}" in stderr
+    table = stdout.splitlines()
+    assert table[0].split()[:4] == ["model", "device", "runs", "test_acc"]
+    assert [line.split()[0] for line in table[1:1 + len(models)]] == models
+
+
+def test_quick_csv_columns_and_values(quick: tuple[Path, str, str]) -> None:
+    out, _, _ = quick
+    columns, rows = csv_rows(out / "runs.csv")
+    assert tuple(columns) == bench.CSV_COLUMNS
+    assert keys(rows) == keys(jsonl_rows(out / "runs.jsonl"))
+    for row in rows:
+        assert 0.0 <= float(row["test_acc"]) <= 1.0
+        assert float(row["forward_ms_median"]) > 0
+        assert float(row["peak_memory_mb"]) >= 0
+        assert int(row["latency_iters"]) == bench.QUICK_LATENCY.iters
+        assert row["torch"] and row["torch_geometric"] and row["python"]
+        assert json.loads(row["config_json"])["train"]["seed"] == int(row["seed"])
+
+
+def test_quick_plots_are_valid_pngs(quick: tuple[Path, str, str]) -> None:
+    out, _, _ = quick
+    for name in ("accuracy_vs_latency.png", "learning_curves.png"):
+        assert (out / name).read_bytes()[:8] == PNG_SIGNATURE
+        image = matplotlib.image.imread(out / name)
+        assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 200
+
+
+def test_quick_markdown_reports(quick: tuple[Path, str, str]) -> None:
+    out, _, _ = quick
+    summary = (out / "summary.md").read_text()
+    for model in bench.default_models(bench.default_configs_dir()):
+        assert f"| {model} | cpu | {bench.QUICK_SEEDS} |" in summary
+    assert "Welch" in summary and "| p |" in summary.replace(" p < 0.05 |", "")
+    assert "Pareto front" in summary
+    recommendation = (out / "recommendation.md").read_text()
+    assert "**Pick " in recommendation and "Fastest within one std" in recommendation
+
+
+class Interrupt:
+    """Wraps ``bench.run_one``: counts the runs, and raises Ctrl-C on run ``at`` (1-based)."""
+
+    def __init__(self, at: int | None = None) -> None:
+        self.at, self.calls, self.real = at, 0, bench.run_one
+
+    def __call__(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        self.calls += 1
+        if self.calls == self.at:
+            raise KeyboardInterrupt
+        return self.real(*args, **kwargs)
+
+
+def test_resume_after_interruption_has_no_duplicates(
+        data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bench"
+    argv = ["bench", *SMALL, "--root", str(data_root), "--out", str(out)]
+    monkeypatch.setattr(bench, "run_one", Interrupt(at=3))
+    assert main(argv) == 130
+    assert "--resume" in capsys.readouterr().err
+    assert len(jsonl_rows(out / "runs.jsonl")) == 2 and len(csv_rows(out / "runs.csv")[1]) == 2
+    assert not (out / "summary.md").exists()
+    # a writer killed in the middle of a row leaves a cut last line in both files
+    with (out / "runs.jsonl").open("a") as handle:
+        handle.write('{"name": "gcn", "seed": 1, "dev')
+    with (out / "runs.csv").open("a") as handle:
+        handle.write("gcn,gcn,Cora,cpu,1,Fal")
+
+    assert main(argv) == 2  # not without --resume
+    assert "--resume" in one_line_error(capsys)
+
+    counter = Interrupt()
+    monkeypatch.setattr(bench, "run_one", counter)
+    assert main([*argv, "--resume"]) == 0
+    assert counter.calls == 2  # only the missing runs
+    expected = [("mlp", "cpu", "0"), ("mlp", "cpu", "1"), ("gcn", "cpu", "0"),
+                ("gcn", "cpu", "1")]
+    assert keys(jsonl_rows(out / "runs.jsonl")) == expected
+    columns, rows = csv_rows(out / "runs.csv")
+    assert tuple(columns) == bench.CSV_COLUMNS and keys(rows) == expected
+    assert all((out / name).exists() for name in REPORT_FILES)
+    assert "| gcn | cpu | 2 |" in (out / "summary.md").read_text()
+
+    # resuming a finished bench trains nothing; other settings are refused
+    assert main([*argv, "--resume"]) == 0
+    assert counter.calls == 2
+    capsys.readouterr()
+    assert main([*argv, "--resume", "--epochs", "4"]) == 2
+    assert "other settings" in one_line_error(capsys)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--models", "gnc"], "did you mean 'gcn'"),
+    (["--models", "sage_sampling_nope"], "no config"),
+    (["--seeds", "0"], "--seeds"),
+    (["--epochs", "0"], "train.epochs"),
+    (["--memory-budget-mb", "-1"], "--memory-budget-mb"),
+    (["--devices", "tpu"], "--devices"),
+])
+def test_bad_bench_input_exits_2_before_writing(args: list[str], message: str, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bench"
+    assert main(["bench", "--out", str(out), *args]) == 2
+    assert message in one_line_error(capsys)
+    assert not out.exists()
+
+
+def test_default_models_are_the_configs_present(tmp_path: Path) -> None:
+    for name in ("gat", "mlp", "custom"):
+        (tmp_path / f"{name}.yaml").write_text("model:\n  name: mlp\n")
+    assert bench.default_models(tmp_path) == ["mlp", "gat"]
+    assert bench.available_configs(tmp_path) == ["custom", "gat", "mlp"]
+
+
+# --------------------------------------------------------------------------------------------
+# The report's rules, on hand-made rows (no training)
+
+
+def fake_rows(name: str, accs: list[float], ms: float, mb: float = 10.0,
+              sampled: bool = False) -> list[dict[str, Any]]:
+    return [{"name": name, "device": "cpu", "dataset": "Cora", "seed": seed, "sampled": sampled,
+             "num_params": 100, "test_acc": acc, "test_macro_f1": acc,
+             "forward_ms_median": ms, "peak_memory_mb": mb, "total_train_time_s": 1.0,
+             "train_loop_time_s": 0.5, "history": {"train_loss": [1.0, 0.5],
+                                                   "val_acc": [0.5, acc]}}
+            for seed, acc in enumerate(accs)]
+
+
+def test_pick_is_fastest_within_one_std_of_best() -> None:
+    rows = (fake_rows("slow_best", [0.82, 0.84, 0.83], ms=10.0)
+            + fake_rows("fast_close", [0.825, 0.82, 0.823], ms=1.0)
+            + fake_rows("fast_bad", [0.70, 0.71, 0.69], ms=0.5))
+    summaries = summarize(rows)
+    text = recommendation_markdown(summaries)
+    assert "**Pick fast_close**" in text and "10.0x faster" in text
+    assert "Most accurate: **slow_best**" in text
+    assert "tighter latency budget: fast_bad is 2.0x faster" in text and "a real loss" in text
+    front = [s.name for s in pareto_front(summaries)]
+    assert front == ["fast_bad", "fast_close", "slow_best"]
+    p_bad = {c.other.name: c.p for c in compare_to_best(summaries)}["fast_bad"]
+    assert p_bad < 0.05
+
+
+def test_pick_is_best_when_nothing_close_is_faster() -> None:
+    rows = fake_rows("a", [0.80, 0.81], ms=1.0) + fake_rows("b", [0.70, 0.72], ms=0.1)
+    text = recommendation_markdown(summarize(rows))
+    assert "**Pick a**" in text
+
+
+def test_memory_budget_and_sampling_only() -> None:
+    rows = (fake_rows("full", [0.83, 0.84], ms=1.0, mb=500.0)
+            + fake_rows("sampled", [0.80, 0.81], ms=5.0, mb=50.0, sampled=True))
+    text = recommendation_markdown(summarize(rows), budget=100.0)
+    assert "Only neighbour-sampled training fits in 100 MB: sampled" in text
+    assert "**Pick sampled**" in text and "full (500.0 MB)" in text
+    text = recommendation_markdown(summarize(rows), budget=10.0)
+    assert "No model fits in 10 MB" in text and "**Pick full**" in text
+
+
+def test_welch_matches_scipy_and_is_nan_when_undefined() -> None:
+    from scipy.stats import ttest_ind
+
+    a, b = [0.81, 0.83, 0.82], [0.78, 0.80, 0.75, 0.77]
+    assert welch(a, b)[1] == pytest.approx(ttest_ind(a, b, equal_var=False).pvalue)
+    assert math.isnan(welch([0.8], b)[1])
