@@ -1,8 +1,5 @@
-"""Ctrl-C (SIGINT) and SIGTERM stop cleanly: exit 130 / 143, one line, no partial file.
-
-The ``gnn bench`` half of the issue's SIGINT test (rows complete, ``--resume`` finishes the set
-without duplicates) belongs with ``gnn bench`` and is to be added when that command lands.
-"""
+"""Ctrl-C (SIGINT) and SIGTERM stop cleanly: exit 130 / 143, one line, no partial file; an
+interrupted ``gnn bench`` keeps complete rows only and ``--resume`` finishes the set."""
 
 from __future__ import annotations
 
@@ -111,3 +108,45 @@ def test_sigint_and_sigterm_during_train_exit_cleanly(data_root: Path, tmp_path:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_sigint_during_bench_keeps_complete_rows_and_resume_finishes(data_root: Path,
+                                                                      tmp_path: Path) -> None:
+    import csv
+    import json
+
+    out = tmp_path / "bench"
+    argv = [sys.executable, "-m", "gnn", "bench", "--models", "gcn", "mlp", "--seeds", "3",
+            "--epochs", "60", "--root", str(data_root), "--out", str(out), "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    jsonl = out / "runs.jsonl"
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if jsonl.is_file() and jsonl.read_text().count("\n") >= 2:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "bench finished before it could be interrupted"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    text = jsonl.read_text()
+    assert text.endswith("\n")
+    done = [json.loads(line) for line in text.splitlines()]
+    assert 2 <= len(done) < 6
+    with open(out / "runs.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(done) and all(None not in r.values() for r in rows)
+
+    resumed = subprocess.run([*argv, "--resume"], cwd=REPO, env=env, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    final = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    keys = [(r["name"], r["seed"], r["device"]) for r in final]
+    assert len(keys) == len(set(keys)) == 6
+    assert [json.loads(line) for line in text.splitlines()] == final[: len(done)]
