@@ -69,6 +69,8 @@ def sparse_mm(a: Tensor, b: Tensor) -> Tensor:
     """Sparse @ dense in the sparse matrix's precision: under autocast (half-precision
     inference) the dense layers run in bf16/fp16 while sparse kernels, which often lack those
     types, stay in float32."""
+    if not torch.is_autocast_enabled(a.device.type):
+        return torch.sparse.mm(a, b)
     with torch.autocast(device_type=a.device.type, enabled=False):
         return torch.sparse.mm(a, b.to(a.dtype))
 
@@ -98,24 +100,38 @@ def with_transpose(adj: Tensor) -> Tensor:
     return adj
 
 
-def propagate(adj: Tensor, h: Tensor) -> Tensor:
-    """``adj @ h`` for a CSR operator; with a transpose attached the backward is one sparse
-    product (torch would otherwise re-sort the matrix into its transpose every step)."""
+def propagate(adj: Tensor, h: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``adj @ h (+ bias)`` for a CSR operator; with a transpose attached the backward is one
+    sparse product (torch would otherwise re-sort the matrix into its transpose every step).
+    Without autograd the bias is fused into the product (``addmm``)."""
     transpose = getattr(adj, "gnn_transpose", None)
-    if transpose is not None and torch.is_grad_enabled() and h.requires_grad:
-        return _CSRMatmulT.apply(adj, transpose, h.t())
-    return sparse_mm(adj, h)
+    if transpose is not None and torch.is_grad_enabled() and (
+            h.requires_grad or (bias is not None and bias.requires_grad)):
+        out = _CSRMatmulT.apply(adj, transpose, h.t())
+        return out if bias is None else out + bias
+    if bias is None or torch.is_autocast_enabled(adj.device.type):
+        out = sparse_mm(adj, h)
+        return out if bias is None else out + bias
+    return torch.addmm(bias, adj, h)
 
 
-def linear(x: Tensor, weight: Tensor, bias: Tensor | None, cache: GraphCache) -> Tensor:
+def _contiguous_transpose(weight: Tensor) -> Tensor:
+    return weight.t().contiguous()
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None, owner: nn.Module) -> Tensor:
     """``F.linear`` that also serves sparse CSR input (features 98.7% zeros on Cora) with a
-    cheap backward; ``cache`` keeps the transpose of ``x`` while ``x`` stays the same."""
+    cheap backward. ``owner`` keeps two caches: the transpose of ``x`` (for the weight
+    gradient, while ``x`` stays the same) and, for inference, the weight transposed into the
+    row-major layout the sparse kernel reads (while the weight stays the same)."""
     if x.layout != torch.sparse_csr:
         return F.linear(x, weight, bias)
+    x_cache = owner.__dict__.setdefault("_x_transpose", GraphCache())
     if torch.is_grad_enabled() and weight.requires_grad:
-        out = _CSRMatmulT.apply(x, cache.get(x, _csr_transpose), weight)
+        out = _CSRMatmulT.apply(x, x_cache.get(x, _csr_transpose), weight)
     else:
-        out = sparse_mm(x, weight.t())
+        w_cache = owner.__dict__.setdefault("_w_transpose", GraphCache())
+        out = sparse_mm(x, w_cache.get(weight, _contiguous_transpose))
     return out if bias is None else out + bias
 
 
@@ -123,14 +139,28 @@ class SparseAwareLinear(Linear):
     """PyG's ``Linear`` whose forward also takes CSR input efficiently (see :func:`linear`)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        cache = self.__dict__.setdefault("_transpose_cache", GraphCache())
-        return linear(x, self.weight, self.bias, cache)
+        return linear(x, self.weight, self.bias, self)
+
+
+class FastDropout(nn.Dropout):
+    """Dropout drawing its mask with ``rand`` instead of ``bernoulli_``: the same distribution,
+    about ten times faster on CPU, where ``bernoulli_`` was 40% of a GCN training step on Cora."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if self.p == 1.0:
+            return torch.zeros_like(x)
+        keep = torch.rand_like(x) >= self.p
+        return x * keep * (1.0 / (1.0 - self.p))
 
 
 def _sparse_aware(module: nn.Module) -> None:
     for sub in module.modules():
         if type(sub) is Linear:
             sub.__class__ = SparseAwareLinear  # same parameters, one extra input layout
+        elif type(sub) is nn.Dropout:
+            sub.__class__ = FastDropout
 
 
 class FromConfig:
@@ -159,6 +189,20 @@ class FromConfig:
         kwargs.update(cls.extra_kwargs(cfg))  # a model may also override the defaults
         return cls(**kwargs)
 
+    def _stack(self, x: Tensor, adj: Tensor) -> Tensor:
+        """``BasicGNN.forward`` for a plain stack (no norm layers, no jumping knowledge) on a
+        prepared sparse operator, without the per-layer checks of the general loop: on Cora
+        they cost a fifth of a whole forward pass."""
+        if hasattr(self, "jk") or hasattr(self, "lin") or self.act_first or not all(
+                isinstance(norm, nn.Identity) for norm in self.norms):
+            return super().forward(x, adj)
+        last = self.num_layers - 1
+        for i, conv in enumerate(self.convs):
+            x = conv(x, adj)
+            if i < last:
+                x = self.dropout(self.act(x))
+        return x
+
     def reset_parameters(self) -> None:
         super().reset_parameters()
         cache = self.__dict__.get("graph_cache")  # absent while the base __init__ runs
@@ -186,12 +230,14 @@ def _gcn_operator(edge_index: Tensor, num_nodes: int) -> Tensor:
 
 
 class CSRGCNConv(GCNConv):
-    """GCNConv whose sparse propagation uses :func:`propagate` (cached transpose)."""
+    """GCNConv that, given the normalised CSR operator, is ``A (X W) + b`` in two calls:
+    :func:`propagate` (cached transpose) without ``MessagePassing.propagate``'s per-call
+    bookkeeping, which on Cora costs as much as the arithmetic."""
 
-    def message_and_aggregate(self, adj_t: Any, x: Tensor) -> Tensor:
-        if isinstance(adj_t, Tensor) and adj_t.layout == torch.sparse_csr:
-            return propagate(adj_t, x)
-        return super().message_and_aggregate(adj_t, x)
+    def forward(self, x: Tensor, edge_index: Any, edge_weight: Tensor | None = None) -> Tensor:
+        if not (isinstance(edge_index, Tensor) and edge_index.layout == torch.sparse_csr):
+            return super().forward(x, edge_index, edge_weight)
+        return propagate(edge_index, self.lin(x), self.bias)
 
 
 class GCN(FromConfig, pyg_models.GCN):
@@ -204,8 +250,7 @@ class GCN(FromConfig, pyg_models.GCN):
 
     def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:  # type: ignore[override]
         if self.fast:
-            adj = self.graph_cache.get(edge_index, _gcn_operator, x.size(0))
-            return super().forward(x, adj)
+            return self._stack(x, self.graph_cache.get(edge_index, _gcn_operator, x.size(0)))
         ei, w = gcn_norm(edge_index, None, x.size(0), add_self_loops=True)
         return super().forward(x, ei, edge_weight=w)
 
@@ -231,10 +276,8 @@ class MeanSAGEConv(SAGEConv):
         if not (csr and isinstance(x, Tensor) and not self.project):
             return super().forward(x, edge_index, size)
         if x.layout != torch.strided or self.in_channels > self.out_channels:
-            cache = self.lin_l.__dict__.setdefault("_transpose_cache", GraphCache())
-            out = propagate(edge_index, linear(x, self.lin_l.weight, None, cache))
-            if self.lin_l.bias is not None:
-                out = out + self.lin_l.bias
+            out = propagate(edge_index, linear(x, self.lin_l.weight, None, self.lin_l),
+                            self.lin_l.bias)
         else:
             out = self.lin_l(propagate(edge_index, x))
         if self.root_weight:
@@ -255,8 +298,7 @@ class GraphSAGE(FromConfig, pyg_models.GraphSAGE):
 
     def forward(self, x: Tensor, edge_index: Tensor, **kwargs: Any) -> Tensor:  # type: ignore[override]
         if self.fast and not kwargs:
-            adj = self.graph_cache.get(edge_index, _mean_operator, x.size(0))
-            return super().forward(x, adj)
+            return self._stack(x, self.graph_cache.get(edge_index, _mean_operator, x.size(0)))
         return super().forward(x, edge_index, **kwargs)
 
     @torch.no_grad()
