@@ -55,6 +55,7 @@ class GraphCache:
         self._value: Any = None
         self._source: Tensor | None = None
 
+    @torch.compiler.disable  # a Python-side cache: torch.compile runs it eagerly
     def get(self, tensor: Tensor, build: Any, *args: Any) -> Any:
         key = (*_tensor_key(tensor), *args)
         if key != self._key:

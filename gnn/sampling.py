@@ -99,8 +99,9 @@ class TorchNeighborSampler(BaseSampler):
             for fanout in self.num_neighbors:
                 nbr, target_local, eid = self._sample_hop(frontier, frontier_local, fanout)
                 new = self._first_occurrences(nbr[local[nbr] < 0])
-                local[new] = torch.arange(num_nodes_total, num_nodes_total + new.numel(),
-                                          device=self.device)
+                new_local = torch.arange(num_nodes_total, num_nodes_total + new.numel(),
+                                         device=self.device)
+                local[new] = new_local
                 num_nodes_total += new.numel()
                 rows.append(local[nbr])
                 cols.append(target_local)
@@ -108,10 +109,12 @@ class TorchNeighborSampler(BaseSampler):
                 nodes.append(new)
                 num_sampled_nodes.append(new.numel())
                 num_sampled_edges.append(nbr.numel())
-                frontier, frontier_local = new, local[new]
+                frontier, frontier_local = new, new_local
             node = torch.cat(nodes)
-        finally:
-            local[torch.cat(nodes)] = -1  # reset only what this batch touched
+        except BaseException:
+            local[torch.cat(nodes)] = -1
+            raise
+        local[node] = -1  # reset only what this batch touched
         empty = torch.empty(0, dtype=torch.long, device=self.device)
         return SamplerOutput(
             node=node,
@@ -165,7 +168,9 @@ class TorchNeighborSampler(BaseSampler):
             offset = (rand * deg[owner]).long()
         else:
             num_candidates = int(deg.sum())
-            if num_candidates <= self.sort_limit:
+            if num_candidates == total:  # no node has more neighbours than the fanout
+                offset = rank
+            elif num_candidates <= self.sort_limit:
                 offset = self._smallest_keys(deg, num_candidates, owner, rank)
             else:
                 offset = self._floyd(deg, owner, rank, fanout)

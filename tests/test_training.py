@@ -136,3 +136,10 @@ def test_final_metrics_equal_a_fresh_evaluation(cora: Data) -> None:
     for split in ("train", "val", "test"):
         mask = cora[f"{split}_mask"]
         assert classification_metrics(logits[mask], cora.y[mask])["acc"] == result[f"{split}_acc"]
+
+
+def test_compile_switch_trains(cora: Data) -> None:
+    """``train.compile: true`` runs (the graph caches stay eager) and learns the same task."""
+    result = run("gcn", cora, 0, **{"train.epochs": 20, "train.compile": True})
+    plain = run("gcn", cora, 0, **{"train.epochs": 20})
+    assert abs(result["test_acc"] - plain["test_acc"]) <= 0.02
