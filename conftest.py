@@ -1,4 +1,5 @@
-"""Shared fixtures for tests/ and benchmarks/: the Cora dataset and an isolated cache."""
+"""Shared fixtures for tests/ and benchmarks/: the device parametrisation, the Cora dataset and
+an isolated cache."""
 
 from __future__ import annotations
 
@@ -6,9 +7,24 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+#: CPU always; CUDA runs for real where a GPU is visible and skips, saying why, elsewhere.
+DEVICES = [
+    pytest.param("cpu", id="cpu"),
+    pytest.param("cuda", id="cuda", marks=pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="CUDA not available")),
+]
+
+
+@pytest.fixture(scope="session", params=DEVICES)
+def device(request: pytest.FixtureRequest) -> torch.device:
+    """Session-scoped so hypothesis tests may take it (it holds no state)."""
+    return torch.device(request.param)
 
 
 def _data_root() -> Path | None:

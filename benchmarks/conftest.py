@@ -20,12 +20,6 @@ import torch_geometric
 
 from gnn.timing import synchronized
 
-DEVICES = [
-    pytest.param("cpu", id="cpu"),
-    pytest.param("cuda", id="cuda", marks=pytest.mark.skipif(
-        not torch.cuda.is_available(), reason="CUDA not available")),
-]
-
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("gnn benchmarks")
@@ -45,11 +39,6 @@ def fixed_threads() -> int:
     threads = bench_threads()
     torch.set_num_threads(threads)
     return threads
-
-
-@pytest.fixture(params=DEVICES)
-def device(request: pytest.FixtureRequest) -> torch.device:
-    return torch.device(request.param)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch_geometric.data import Data
 
-from gnn.config import Config, ModelConfig
+from gnn.config import Config
 from gnn.data import num_classes
 from gnn.models import build_model
 from gnn.reference import reference_model
@@ -25,13 +25,17 @@ def graph_info(data: Data, **extra: Any) -> dict[str, Any]:
 
 def build(name: str, impl: str, data: Data, device: torch.device,
           seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
-    """(model, features) for ``impl`` = ``ours`` (sparse features, cached operators) or
-    ``reference`` (the plain PyG recipe: dense features, normalisation on every call)."""
+    """(model, features) for ``impl`` = ``ours`` (features as training feeds them: CSR on the
+    CPU; cached operators) or ``reference`` (the plain PyG recipe: dense features,
+    normalisation on every call)."""
+    from gnn.training import node_features
+
     torch.manual_seed(seed)
     if impl == "ours":
-        cfg = ModelConfig(name=name, hidden_channels=HIDDEN[name])
-        model = build_model(cfg, data.num_features, num_classes(data))
-        x = data.x.to_sparse_csr()
+        cfg = Config().override({"model.name": name, "model.hidden_channels": HIDDEN[name],
+                                 "train.device": device.type})
+        model = build_model(cfg.model, data.num_features, num_classes(data))
+        x = node_features(data, cfg)
     else:
         model = reference_model(name, data.num_features, HIDDEN[name], num_classes(data))
         x = data.x

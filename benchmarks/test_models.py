@@ -67,12 +67,12 @@ def test_full_training_gcn(bench, device: torch.device, cora: Data, impl: str) -
 
 @pytest.mark.parametrize("name", ["sage"])
 def test_layerwise_inference(bench, device: torch.device, cora: Data, name: str) -> None:
-    from gnn.sampling import make_neighbor_loader
+    from gnn.sampling import layerwise_inference, make_neighbor_loader
 
     model, _ = build(name, "ours", cora, device)
     model.eval()
-    loader = make_neighbor_loader(cora, [-1], batch_size=1024, backend="torch", device=device)
-    out = bench(lambda: model.inference(loader, device=device), device=device, inference=True,
+    loader = make_neighbor_loader(cora.to(device), [-1], batch_size=1024, backend="torch")
+    out = bench(lambda: layerwise_inference(model, loader), device=device, inference=True,
                 group=f"layerwise-inference-{device.type}",
                 **graph_info(cora, model=name, impl="ours", batch_size=1024))
     assert out.shape[0] == cora.num_nodes

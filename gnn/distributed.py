@@ -305,9 +305,10 @@ def launch_local(nproc: int, argv: Sequence[str], device: str) -> int:
     except mp.ProcessExitedException as exc:
         raise RanksFailed(f"rank {exc.error_index} exited with code {exc.exit_code}; the "
                           "other ranks were stopped", exc.exit_code) from None
-    except mp.ProcessRaisedException as exc:
-        raise RanksFailed(f"rank {exc.error_index} failed; the other ranks were stopped",
-                          1) from None
+    except mp.ProcessRaisedException as exc:  # its message ends with the rank's traceback
+        cause = ([line for line in str(exc).splitlines() if line.strip()] or ["?"])[-1]
+        raise RanksFailed(f"rank {exc.error_index} failed ({cause.strip()}); the other ranks "
+                          "were stopped", 1) from None
     return 0
 
 

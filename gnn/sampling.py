@@ -208,6 +208,14 @@ class TorchNeighborSampler(BaseSampler):
         return offset
 
 
+def layerwise_inference(model: nn.Module, loader: NeighborLoader) -> Tensor:
+    """PyG's ``BasicGNN.inference`` over a full-neighbourhood loader, on the device that holds
+    the loader's graph: our sampler returns ``n_id`` there, so each layer's embeddings must
+    live there too (PyG's default keeps them on the CPU)."""
+    device = loader.data.x.device
+    return model.inference(loader, device=device, embedding_device=device)
+
+
 def make_neighbor_loader(data: Data, num_neighbors: Sequence[int], *, batch_size: int = 1,
                          input_nodes: Tensor | None = None, shuffle: bool = False,
                          replace: bool = False, backend: str = "auto",
@@ -296,7 +304,7 @@ class SampledBatching(Batching):
         model.eval()
         with torch.inference_mode(), inference_context(self.device, self.inference_dtype):
             if self.layerwise:
-                return model.inference(self.eval_loader, device=self.device).float()
+                return layerwise_inference(model, self.eval_loader).float()
             outs = [model(b.x.to(self.device), b.edge_index.to(self.device))[:b.batch_size]
                     for b in self.eval_loader]
             return torch.cat(outs).float()

@@ -165,3 +165,21 @@ def test_bad_nodes_and_unwritable_out_exit_2(trained: dict[str, Path], data_root
         assert "train.device: cuda requested but CUDA is not available" in run_error(
             capsys, [*base, "--device", "cuda"])
 
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
+def test_checkpoint_trained_on_cuda_predicts_on_cuda_and_cpu(data_root: Path, tmp_path: Path,
+                                                             cora: Data) -> None:
+    """Weights saved from a GPU run load on either device: on the GPU the test accuracy is
+    reproduced exactly; on the CPU within a few nodes (float sums in another order)."""
+    ckpt, record = tmp_path / "model.pt", tmp_path / "result.json"
+    assert main(["train", "--config", str(CONFIG), "--root", str(data_root), "--epochs", "30",
+                 "--device", "cuda", "--save", str(ckpt), "--json", str(record)]) == 0
+    test_acc = json.loads(record.read_text())["test_acc"]
+    nodes = cora.test_mask.nonzero().view(-1)
+    for device, tolerance in (("cuda", 0.0), ("cpu", 0.003)):
+        out = tmp_path / f"{device}.csv"
+        assert main(["predict", "--checkpoint", str(ckpt), "--nodes", "test", "--out", str(out),
+                     "--root", str(data_root), "--device", device]) == 0
+        pred = torch.tensor([int(r[1]) for r in read_predictions(out)[1]])
+        assert abs(accuracy(pred, cora.y[nodes]) - test_acc) <= tolerance, device

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DistributedSampler
@@ -176,3 +177,36 @@ def test_failing_rank_stops_the_other(data_root: Path, tmp_path: Path) -> None:
     assert "collective failed" in err0 and len(err0.strip().splitlines()) == 1, err0
     assert elapsed < WAIT_S
     assert not out.exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
+def test_one_rank_on_cuda_uses_nccl(data_root: Path, tmp_path: Path) -> None:
+    """The nccl path (one GPU per rank) with the GPUs this machine has, one rank per GPU."""
+    out = tmp_path / "result.json"
+    nproc = torch.cuda.device_count()
+    [(code, stdout, stderr)] = finish([start(
+        ["train", "--config", "configs/sage_sampling.yaml", "--distributed", "--nproc",
+         str(nproc), "--device", "cuda", "--json", str(out)], rank_env(data_root))])
+    assert code == 0, stderr
+    record = json.loads(out.read_text())
+    assert record["world_size"] == nproc and record["device"].startswith("cuda")
+    print(f"\n{nproc}-rank nccl sage_sampling: test_acc {record['test_acc']:.4f}")
+    assert record["test_acc"] >= 0.78
+
+
+def test_a_crashing_rank_is_named_with_its_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unexpected exception in a rank reaches the user as its last traceback line."""
+    import torch.multiprocessing as mp
+
+    from gnn.distributed import RanksFailed, launch_local
+
+    def crash(*args, **kwargs):
+        raise mp.ProcessRaisedException(
+            "\n\n-- Process 0 terminated with the following error:\nTraceback (most recent "
+            "call last):\n  File \"x.py\", line 1\nRuntimeError: indices on another device\n",
+            0, 1234)
+
+    monkeypatch.setattr(mp, "start_processes", crash)
+    with pytest.raises(RanksFailed, match=r"rank 0 failed \(RuntimeError: indices on another "
+                                          r"device\); the other ranks were stopped"):
+        launch_local(1, ["train"], "cpu")

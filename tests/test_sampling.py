@@ -13,7 +13,12 @@ from scipy.stats import chisquare
 from torch_geometric.data import Data
 
 from gnn.config import load_config
-from gnn.sampling import TorchNeighborSampler, make_neighbor_loader, pyg_sampler_available
+from gnn.sampling import (
+    TorchNeighborSampler,
+    layerwise_inference,
+    make_neighbor_loader,
+    pyg_sampler_available,
+)
 from gnn.training import fit
 from tests.strategies import graphs
 
@@ -36,8 +41,12 @@ def in_degree(edge_index: torch.Tensor, num_nodes: int) -> torch.Tensor:
     return torch.bincount(edge_index[1], minlength=num_nodes)
 
 
-def check_output(out, num_nodes, edge_index, seeds, fanout, replace=False) -> None:
-    node, row, col, edge = out.node, out.row, out.col, out.edge
+def check_output(out, num_nodes, edge_index, seeds, fanout, replace=False,
+                 device: torch.device | None = None) -> None:
+    """The sampler's output, on ``device`` (the graph's), checked on the CPU."""
+    for field in ("node", "row", "col", "edge"):
+        assert getattr(out, field).device.type == (device or edge_index.device).type
+    node, row, col, edge = out.node.cpu(), out.row.cpu(), out.col.cpu(), out.edge.cpu()
     # seeds first, in order; nodes unique
     assert torch.equal(node[: seeds.numel()], seeds)
     assert node.unique().numel() == node.numel()
@@ -73,29 +82,30 @@ SELECTIONS = {"sort": TorchNeighborSampler.sort_limit, "floyd": 0}
 @pytest.mark.parametrize("selection", list(SELECTIONS))
 @settings(max_examples=60, deadline=None)
 @given(case=sampling_cases(), seed=st.integers(0, 2**31))
-def test_sampler_properties(case, seed: int, selection: str) -> None:
+def test_sampler_properties(case, seed: int, selection: str, device: torch.device) -> None:
     num_nodes, edge_index, seeds, fanout = case
-    sampler = TorchNeighborSampler(edge_index, fanout, num_nodes=num_nodes, seed=seed)
+    sampler = TorchNeighborSampler(edge_index.to(device), fanout, num_nodes=num_nodes, seed=seed)
     sampler.sort_limit = SELECTIONS[selection]
-    check_output(sampler.sample(seeds), num_nodes, edge_index, seeds, fanout)
+    check_output(sampler.sample(seeds), num_nodes, edge_index, seeds, fanout, device=device)
 
 
 @settings(max_examples=30, deadline=None)
-@given(sampling_cases(), st.integers(0, 2**31))
-def test_sampler_with_replacement(case, seed: int) -> None:
+@given(case=sampling_cases(), seed=st.integers(0, 2**31))
+def test_sampler_with_replacement(case, seed: int, device: torch.device) -> None:
     num_nodes, edge_index, seeds, fanout = case
     fanout = [k if k > 0 else 2 for k in fanout]
     sampler = TorchNeighborSampler(edge_index, fanout, num_nodes=num_nodes, seed=seed,
-                                   replace=True)
-    check_output(sampler.sample(seeds), num_nodes, edge_index, seeds, fanout, replace=True)
+                                   replace=True, device=device)
+    check_output(sampler.sample(seeds), num_nodes, edge_index, seeds, fanout, replace=True,
+                 device=device)
 
 
 @settings(max_examples=30, deadline=None)
-@given(sampling_cases(), st.integers(0, 2**31))
-def test_same_seed_same_batch(case, seed: int) -> None:
+@given(case=sampling_cases(), seed=st.integers(0, 2**31))
+def test_same_seed_same_batch(case, seed: int, device: torch.device) -> None:
     num_nodes, edge_index, seeds, fanout = case
-    a = TorchNeighborSampler(edge_index, fanout, num_nodes=num_nodes, seed=seed).sample(seeds)
-    b = TorchNeighborSampler(edge_index, fanout, num_nodes=num_nodes, seed=seed).sample(seeds)
+    a, b = (TorchNeighborSampler(edge_index, fanout, num_nodes=num_nodes, seed=seed,
+                                 device=device).sample(seeds) for _ in range(2))
     for field in ("node", "row", "col", "edge"):
         assert torch.equal(getattr(a, field), getattr(b, field))
 
@@ -116,17 +126,18 @@ def test_empty_seed_set() -> None:
 
 
 @pytest.mark.parametrize("selection", list(SELECTIONS))
-def test_uniform_choice_among_hub_neighbours(selection: str) -> None:
+def test_uniform_choice_among_hub_neighbours(selection: str, device: torch.device) -> None:
     """Chi-square: each of a hub's 50 in-neighbours is picked equally often."""
     num_neighbours, fanout, trials = 50, 5, 4000
     edge_index = torch.stack([torch.arange(1, num_neighbours + 1),
                               torch.zeros(num_neighbours, dtype=torch.long)])
-    sampler = TorchNeighborSampler(edge_index, [fanout], num_nodes=num_neighbours + 1, seed=0)
+    sampler = TorchNeighborSampler(edge_index, [fanout], num_nodes=num_neighbours + 1, seed=0,
+                                   device=device)
     sampler.sort_limit = SELECTIONS[selection]
     counts = Counter()
     for _ in range(trials):
         out = sampler.sample(torch.tensor([0]))
-        counts.update(out.node[out.row].tolist())
+        counts.update(out.node[out.row].cpu().tolist())
     observed = [counts[i] for i in range(1, num_neighbours + 1)]
     assert sum(observed) == trials * fanout
     assert chisquare(observed).pvalue > 1e-3
@@ -144,18 +155,20 @@ def _random_graph(num_nodes: int, num_edges: int, seed: int) -> Data:
                 y=torch.randint(0, 3, (num_nodes,), generator=g), num_nodes=num_nodes)
 
 
-def test_loader_builds_pyg_batches() -> None:
-    data = _random_graph(200, 1500, 0)
+def test_loader_builds_pyg_batches(device: torch.device) -> None:
+    """With the graph on a GPU the batches are built there (sampling and feature gathering)."""
+    data = _random_graph(200, 1500, 0).to(device)
     loader = make_neighbor_loader(data, [5, 3], batch_size=16, backend="torch", seed=1,
                                   shuffle=True)
     seen = []
     for batch in loader:
+        assert batch.x.device == batch.edge_index.device == batch.n_id.device == data.x.device
         assert torch.equal(batch.x, data.x[batch.n_id])
         assert torch.equal(batch.y, data.y[batch.n_id])
-        assert torch.equal(batch.n_id[: batch.batch_size], batch.input_id)
+        assert torch.equal(batch.n_id[: batch.batch_size].cpu(), batch.input_id.cpu())
         ei = data.edge_index[:, batch.e_id]
         assert torch.equal(ei, batch.n_id[batch.edge_index])
-        seen.append(batch.input_id)
+        seen.append(batch.input_id.cpu())
     assert torch.equal(torch.cat(seen).sort().values, torch.arange(200))
 
 
@@ -189,28 +202,31 @@ def test_same_structure_as_pyg_neighbor_loader(fanout: list[int]) -> None:
         assert set(a.e_id.tolist()) == set(b.e_id.tolist())
 
 
-def test_accuracy_gate_sage_sampling(cora: Data) -> None:
+def test_accuracy_gate_sage_sampling(cora: Data, device: torch.device) -> None:
     cfg = load_config("configs/sage_sampling.yaml")
-    results = [fit(cfg.override({"train.seed": s, "sampler.backend": "torch"}), cora)
+    results = [fit(cfg.override({"train.seed": s, "sampler.backend": "torch",
+                                 "train.device": device.type}), cora)
                for s in range(3)]
     accs = [r["test_acc"] for r in results]
     f1s = [r["test_macro_f1"] for r in results]
-    print(f"\nsage_sampling: test_acc {statistics.fmean(accs):.4f} ± {statistics.stdev(accs):.4f}"
-          f", macro-F1 {statistics.fmean(f1s):.4f} (3 seeds)")
+    print(f"\nsage_sampling on {device}: test_acc {statistics.fmean(accs):.4f} "
+          f"± {statistics.stdev(accs):.4f}, macro-F1 {statistics.fmean(f1s):.4f} (3 seeds)")
     assert statistics.fmean(accs) >= 0.79
 
 
 @pytest.mark.parametrize("fast", [True, False])
-def test_layerwise_inference_equals_full_forward(fast: bool) -> None:
+def test_layerwise_inference_equals_full_forward(fast: bool, device: torch.device) -> None:
     """Layer-wise inference convolves only each batch's targets; it must still give exactly
-    the full-graph forward."""
+    the full-graph forward (on the device that holds the graph)."""
     from gnn.config import ModelConfig
     from gnn.models import build_model
 
-    data = _random_graph(300, 2400, 4)
+    data = _random_graph(300, 2400, 4).to(device)
     torch.manual_seed(0)
-    model = build_model(ModelConfig(name="sage", hidden_channels=16, fast=fast), 4, 3).eval()
+    model = build_model(ModelConfig(name="sage", hidden_channels=16, fast=fast), 4, 3)
+    model = model.to(device).eval()
     loader = make_neighbor_loader(data, [-1], batch_size=64, backend="torch")
     with torch.inference_mode():
-        torch.testing.assert_close(model.inference(loader), model(data.x, data.edge_index),
-                                   atol=1e-5, rtol=1e-4)
+        out = layerwise_inference(model, loader)
+        assert out.device == data.x.device
+        torch.testing.assert_close(out, model(data.x, data.edge_index), atol=1e-5, rtol=1e-4)

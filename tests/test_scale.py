@@ -21,19 +21,24 @@ MIB = 1 << 20
 SMALL = "data: {train_per_class: 10, num_val: 50, num_test: 50}\ntrain: {lr: 0.05}\n"
 
 
-@pytest.mark.parametrize("polled", [False, True])
-def test_peak_window_sees_a_short_lived_allocation(polled: bool) -> None:
-    probe = probe_for("cpu", polled=polled)
+PROBES = [pytest.param("cpu", False, id="cpu-kernel"), pytest.param("cpu", True, id="cpu-polled"),
+          pytest.param("cuda", False, id="cuda", marks=pytest.mark.skipif(
+              not torch.cuda.is_available(), reason="CUDA not available"))]
+
+
+@pytest.mark.parametrize(("device", "polled"), PROBES)
+def test_peak_window_sees_a_short_lived_allocation(device: str, polled: bool) -> None:
+    probe = probe_for(device, polled=polled)
     with PeakWindow(probe) as outer:
         with PeakWindow(probe) as inner:
-            block = torch.ones(64 * MIB // 4)  # 64 MiB, touched
+            block = torch.ones(64 * MIB // 4, device=device)  # 64 MiB, touched
             if polled:
                 import time
 
                 time.sleep(0.05)  # the poller samples every millisecond
             del block
         with PeakWindow(probe) as small:
-            torch.ones(MIB // 4)
+            torch.ones(MIB // 4, device=device)
     assert 60 * MIB < inner.peak < 80 * MIB
     assert small.peak < 16 * MIB  # the inner reset does not let the big block leak in
     assert outer.peak >= inner.peak - MIB  # ...nor hide it from the enclosing window
