@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 import torch
@@ -12,6 +13,7 @@ from gnn.config import Config
 from gnn.data import num_classes
 from gnn.models import build_model
 from gnn.reference import reference_model
+from gnn.timing import measure_latency
 
 #: Hidden sizes of the shipped configs (configs/*.yaml).
 HIDDEN = {"mlp": 64, "gcn": 16, "sage": 64}
@@ -47,3 +49,17 @@ def config_for(name: str, device: torch.device, **overrides: Any) -> Config:
 
     return load_config(f"configs/{name}.yaml").override({"train.device": device.type,
                                                          **overrides})
+
+
+def interleaved_ratio(ref_fn, our_fn, device: torch.device, blocks: int = 7,
+                      iters: int = 20) -> tuple[float, float, float]:
+    """Median over blocks of (reference time / our time), blocks alternating so that drift in
+    machine load hits both sides alike. Returns (ratio, ref median s, our median s)."""
+    ratios, refs, ours = [], [], []
+    for _ in range(blocks):
+        ref = measure_latency(ref_fn, device, warmup=2, iters=iters).median
+        our = measure_latency(our_fn, device, warmup=2, iters=iters).median
+        ratios.append(ref / our)
+        refs.append(ref)
+        ours.append(our)
+    return statistics.median(ratios), statistics.median(refs), statistics.median(ours)

@@ -5,15 +5,12 @@ recorded by the other benchmark modules, never gated.
 
 from __future__ import annotations
 
-import statistics
-
 import pytest
 import torch
 import torch.nn.functional as F
 from torch_geometric.data import Data
 
-from benchmarks.helpers import build
-from gnn.timing import measure_latency
+from benchmarks.helpers import build, interleaved_ratio
 
 #: Goals from the speed issue (CPU), and the gate = goal / MARGIN (on CPU a 2x margin absorbs
 #: the noise of a shared 2-core machine while still catching a lost optimisation, which costs
@@ -24,20 +21,6 @@ FORWARD_GOALS = {"cpu": {"gcn": 10.0, "mlp": 5.0, "sage": 5.0},
                  "cuda": {"gcn": 1.0, "mlp": 1.0, "sage": 1.0}}
 TRAIN_STEP_GOALS = {"cpu": {"gcn": 2.0, "mlp": 1.0, "sage": 2.0},
                     "cuda": {"gcn": 1.0, "mlp": 1.0, "sage": 1.0}}
-
-
-def interleaved_ratio(ref_fn, our_fn, device: torch.device, blocks: int = 7,
-                      iters: int = 20) -> tuple[float, float, float]:
-    """Median over blocks of (reference time / our time), blocks alternating so that drift in
-    machine load hits both sides alike. Returns (ratio, ref median s, our median s)."""
-    ratios, refs, ours = [], [], []
-    for _ in range(blocks):
-        ref = measure_latency(ref_fn, device, warmup=2, iters=iters).median
-        our = measure_latency(our_fn, device, warmup=2, iters=iters).median
-        ratios.append(ref / our)
-        refs.append(ref)
-        ours.append(our)
-    return statistics.median(ratios), statistics.median(refs), statistics.median(ours)
 
 
 @pytest.mark.parametrize("name", list(FORWARD_GOALS["cpu"]))

@@ -65,6 +65,9 @@ class TorchNeighborSampler(BaseSampler):
         deg = torch.bincount(dst, minlength=self.num_nodes)
         self.colptr = F.pad(torch.cumsum(deg, 0), (1, 0))
         self.deg = deg
+        # rank of each CSC entry within its target's range (one O(E) array, built once)
+        self.csc_rank = torch.arange(dst.numel(), device=self.device) - torch.repeat_interleave(
+            self.colptr[:-1], deg, output_size=dst.numel())
         self._local = torch.full((self.num_nodes,), -1, dtype=torch.long, device=self.device)
         self.generator = torch.Generator(device=self.device)
         if seed is None:
@@ -85,36 +88,41 @@ class TorchNeighborSampler(BaseSampler):
         return None  # ``edge`` already holds original edge ids
 
     # ---- sampling -----------------------------------------------------------------------
+    # Small batches are bound by per-operation overhead (about 50 tensor operations a batch),
+    # so the code below uses the cheapest form of each: ``index_select`` rather than ``[]``
+    # (2-3x cheaper on CPU), ``scatter_`` rather than ``[] =``, and contiguous local ids
+    # (``owner + offset``) rather than gathers.
     def sample(self, seeds: Tensor) -> SamplerOutput:
         """Sample the multi-hop neighbourhood of ``seeds`` (global node ids)."""
         seeds = seeds.to(self.device, torch.long)
         local = self._local
         nodes = [seeds]
-        frontier, frontier_local = seeds, torch.arange(seeds.numel(), device=self.device)
-        local[seeds] = frontier_local
+        frontier, first_local = seeds, 0
         num_nodes_total = seeds.numel()
+        local.scatter_(0, seeds, torch.arange(num_nodes_total, device=self.device))
         rows, cols, edges = [], [], []
-        num_sampled_nodes, num_sampled_edges = [seeds.numel()], []
+        num_sampled_nodes, num_sampled_edges = [num_nodes_total], []
         try:
             for fanout in self.num_neighbors:
-                nbr, target_local, eid = self._sample_hop(frontier, frontier_local, fanout)
-                new = self._first_occurrences(nbr[local[nbr] < 0])
+                nbr, owner, eid = self._sample_hop(frontier, fanout)
+                nbr_local = local.index_select(0, nbr)
+                new = self._first_occurrences(torch.masked_select(nbr, nbr_local < 0))
                 new_local = torch.arange(num_nodes_total, num_nodes_total + new.numel(),
                                          device=self.device)
-                local[new] = new_local
-                num_nodes_total += new.numel()
-                rows.append(local[nbr])
-                cols.append(target_local)
+                local.scatter_(0, new, new_local)
+                rows.append(local.index_select(0, nbr))
+                cols.append(owner + first_local)
                 edges.append(eid)
                 nodes.append(new)
                 num_sampled_nodes.append(new.numel())
                 num_sampled_edges.append(nbr.numel())
-                frontier, frontier_local = new, new_local
+                frontier, first_local = new, num_nodes_total
+                num_nodes_total += new.numel()
             node = torch.cat(nodes)
         except BaseException:
-            local[torch.cat(nodes)] = -1
+            local.index_fill_(0, torch.cat(nodes), -1)
             raise
-        local[node] = -1  # reset only what this batch touched
+        local.index_fill_(0, node, -1)  # reset only what this batch touched
         empty = torch.empty(0, dtype=torch.long, device=self.device)
         return SamplerOutput(
             node=node,
@@ -133,69 +141,75 @@ class TorchNeighborSampler(BaseSampler):
             return candidates
         position = torch.arange(candidates.numel(), device=self.device)
         table = self._local
-        table[candidates] = candidates.numel()
+        table.index_fill_(0, candidates, candidates.numel())
         table.scatter_reduce_(0, candidates, position, reduce="amin")
         # the caller overwrites every entry touched here with the new local ids
-        return candidates[table[candidates] == position]
+        return torch.masked_select(candidates, table.index_select(0, candidates) == position)
 
     #: Up to this many candidate neighbours in a hop, one sort over random keys picks them
     #: (few operations: small batches are bound by per-operation overhead); above it, Floyd's
     #: algorithm (no sort, cost independent of degrees).
     sort_limit: int = 1 << 14
 
-    def _sample_hop(self, nodes: Tensor, nodes_local: Tensor,
-                    fanout: int) -> tuple[Tensor, Tensor, Tensor]:
+    def _sample_hop(self, nodes: Tensor, fanout: int) -> tuple[Tensor, Tensor, Tensor]:
         """Pick neighbours of every node in ``nodes``; returns (neighbour global ids,
-        target local ids, original edge ids), grouped by target in ``nodes`` order."""
-        start = self.colptr[nodes]
-        deg = self.deg[nodes]
-        if fanout < 0:
-            count = deg
+        position of the target in ``nodes``, original edge ids), grouped by target."""
+        start = self.colptr.index_select(0, nodes)
+        deg = self.deg.index_select(0, nodes)
+        arange_nodes = torch.arange(nodes.numel(), device=self.device)
+        ends = torch.cumsum(deg, 0)  # each node's end in the list of all candidates
+        num_candidates = int(ends[-1]) if nodes.numel() else 0
+        if fanout < 0 or (not self.replace and (
+                num_candidates == 0 or int(deg.max()) <= fanout)):
+            # every neighbour of every node
+            owner = torch.repeat_interleave(arange_nodes, deg, output_size=num_candidates)
+            pos = self._expand(start - ends + deg, owner, num_candidates)
         elif self.replace:
             count = torch.where(deg > 0, fanout, 0)
-        else:
-            count = deg.clamp(max=fanout)
-        total = int(count.sum())
-        owner = torch.repeat_interleave(torch.arange(nodes.numel(), device=self.device), count,
-                                        output_size=total)
-        # rank of each pick within its node: 0 .. count-1
-        rank = torch.arange(total, device=self.device) - (torch.cumsum(count, 0) - count)[owner]
-        if fanout < 0:
-            offset = rank
-        elif self.replace:
-            rand = torch.rand(total, generator=self.generator, device=self.device,
+            owner = torch.repeat_interleave(arange_nodes, count,
+                                            output_size=int(count.sum()))
+            rand = torch.rand(owner.numel(), generator=self.generator, device=self.device,
                               dtype=torch.float64)
-            offset = (rand * deg[owner]).long()
+            offset = (rand * deg.index_select(0, owner)).long()
+            pos = start.index_select(0, owner) + offset
+        elif num_candidates <= self.sort_limit:
+            owner, pos = self._smallest_keys(start - ends + deg, deg, arange_nodes,
+                                             num_candidates, fanout)
         else:
-            num_candidates = int(deg.sum())
-            if num_candidates == total:  # no node has more neighbours than the fanout
-                offset = rank
-            elif num_candidates <= self.sort_limit:
-                offset = self._smallest_keys(deg, num_candidates, owner, rank)
-            else:
-                offset = self._floyd(deg, owner, rank, fanout)
-        pos = start[owner] + offset
-        return self.row[pos], nodes_local[owner], self.edge_id[pos]
+            owner, pos = self._floyd(start, deg, arange_nodes, fanout)
+        return self.row.index_select(0, pos), owner, self.edge_id.index_select(0, pos)
 
-    def _smallest_keys(self, deg: Tensor, num_candidates: int, owner: Tensor,
-                       rank: Tensor) -> Tensor:
-        """Every candidate gets a random key; each node keeps its ``count`` smallest. One sort
-        of ``node + key`` shuffles inside each node's range and keeps the ranges in place."""
-        cand_owner = torch.repeat_interleave(torch.arange(deg.numel(), device=self.device),
-                                             deg, output_size=num_candidates)
-        keys = torch.rand(num_candidates, generator=self.generator, device=self.device,
-                          dtype=torch.float64) + cand_owner
-        cand_start = (torch.cumsum(deg, 0) - deg)[owner]
-        return torch.argsort(keys)[cand_start + rank] - cand_start
+    def _expand(self, shift: Tensor, owner: Tensor, total: int) -> Tensor:
+        """CSC positions of all candidates (``owner``: each one's node; ``shift``: each node's
+        CSC start minus its start in the list of candidates)."""
+        return torch.arange(total, device=self.device) + shift.index_select(0, owner)
 
-    def _floyd(self, deg: Tensor, owner: Tensor, rank: Tensor, fanout: int) -> Tensor:
+    def _smallest_keys(self, shift: Tensor, deg: Tensor, arange_nodes: Tensor,
+                       num_candidates: int, fanout: int) -> tuple[Tensor, Tensor]:
+        """Every candidate gets a random key; each node keeps its ``fanout`` smallest. One sort
+        of ``(node, key)`` shuffles inside each node's range and keeps the ranges in place, so
+        the kept sorted positions are those whose rank in their range is below ``fanout``.
+        Integer keys sort faster than float ones; a tie between two keys of a node (chance
+        about deg^2 / 2^33) is the only departure from uniform, and negligible."""
+        cand_owner = torch.repeat_interleave(arange_nodes, deg, output_size=num_candidates)
+        cand_pos = self._expand(shift, cand_owner, num_candidates)
+        keys = torch.empty(num_candidates, dtype=torch.long, device=self.device).random_(
+            0, 1 << 32, generator=self.generator).add_(cand_owner << 32)  # (node, 32-bit key)
+        kept = torch.nonzero(self.csc_rank.index_select(0, cand_pos) < fanout).view(-1)
+        chosen = torch.argsort(keys).index_select(0, kept)
+        return cand_owner.index_select(0, kept), cand_pos.index_select(0, chosen)
+
+    def _floyd(self, start: Tensor, deg: Tensor, arange_nodes: Tensor,
+               fanout: int) -> tuple[Tensor, Tensor]:
         """Robert Floyd's uniform ``fanout``-subset of ``range(deg)`` for all nodes whose degree
         exceeds the fanout at once: ``fanout`` vectorised steps of ``O(nodes x fanout)``."""
-        offset = rank.clone()  # nodes with deg <= fanout take every neighbour
+        count = deg.clamp(max=fanout)
+        total = int(count.sum())
+        owner = torch.repeat_interleave(arange_nodes, count, output_size=total)
+        offset = torch.arange(total, device=self.device) - (
+            torch.cumsum(count, 0) - count).index_select(0, owner)  # nodes with deg <= fanout
         heavy = deg > fanout
         d = deg[heavy]
-        if d.numel() == 0:
-            return offset
         rand = torch.rand(d.numel(), fanout, generator=self.generator, device=self.device,
                           dtype=torch.float64)
         chosen = torch.empty(d.numel(), fanout, dtype=torch.long, device=self.device)
@@ -205,7 +219,7 @@ class TorchNeighborSampler(BaseSampler):
             taken = (chosen[:, :i] == t.unsqueeze(1)).any(dim=1)
             chosen[:, i] = torch.where(taken, j, t)
         offset[heavy[owner]] = chosen.view(-1)
-        return offset
+        return owner, start.index_select(0, owner) + offset
 
 
 def layerwise_inference(model: nn.Module, loader: NeighborLoader) -> Tensor:

@@ -143,10 +143,12 @@ def test_final_metrics_equal_a_fresh_evaluation(cora: Data) -> None:
 
 
 def test_compile_switch_trains(cora: Data, device: torch.device) -> None:
-    """``train.compile: true`` runs (the graph caches stay eager) and learns the same task."""
-    on = {"train.epochs": 20, "train.device": device.type}
+    """``train.compile: true`` runs (the graph caches stay eager) and learns the same task.
+    Without dropout: compiled code draws other random numbers (on CUDA 20 epochs with dropout
+    gave 0.690 compiled against 0.751 eager, a matter of which masks were drawn)."""
+    on = {"train.epochs": 20, "train.device": device.type, "model.dropout": 0.0}
     result = run("gcn", cora, 0, **on, **{"train.compile": True})
     plain = run("gcn", cora, 0, **on)
     print(f"\ncompile on {device}: {result['total_train_time_s']:.2f} s (compiling) against "
           f"{plain['total_train_time_s']:.2f} s eager, 20 epochs")
-    assert abs(result["test_acc"] - plain["test_acc"]) <= 0.02
+    assert abs(result["test_acc"] - plain["test_acc"]) <= 0.01
