@@ -68,7 +68,8 @@ class TorchNeighborSampler(BaseSampler):
         # rank of each CSC entry within its target's range (one O(E) array, built once)
         self.csc_rank = torch.arange(dst.numel(), device=self.device) - torch.repeat_interleave(
             self.colptr[:-1], deg, output_size=dst.numel())
-        self._local = torch.full((self.num_nodes,), -1, dtype=torch.long, device=self.device)
+        self._local = torch.full((self.num_nodes,), self.UNSEEN, dtype=torch.long,
+                                 device=self.device)
         self.generator = torch.Generator(device=self.device)
         if seed is None:
             seed = int(torch.randint(0, 2**62, (1,)))
@@ -92,6 +93,10 @@ class TorchNeighborSampler(BaseSampler):
     # so the code below uses the cheapest form of each: ``index_select`` rather than ``[]``
     # (2-3x cheaper on CPU), ``scatter_`` rather than ``[] =``, and contiguous local ids
     # (``owner + offset``) rather than gathers.
+    #: Node-table entry of a node the current batch has not reached: above every local id and
+    #: every discovery code, so a scatter-min over the table keeps what is already there.
+    UNSEEN: int = 1 << 62
+
     def sample(self, seeds: Tensor) -> SamplerOutput:
         """Sample the multi-hop neighbourhood of ``seeds`` (global node ids)."""
         seeds = seeds.to(self.device, torch.long)
@@ -105,11 +110,7 @@ class TorchNeighborSampler(BaseSampler):
         try:
             for fanout in self.num_neighbors:
                 nbr, owner, eid = self._sample_hop(frontier, fanout)
-                nbr_local = local.index_select(0, nbr)
-                new = self._first_occurrences(torch.masked_select(nbr, nbr_local < 0))
-                new_local = torch.arange(num_nodes_total, num_nodes_total + new.numel(),
-                                         device=self.device)
-                local.scatter_(0, new, new_local)
+                new = self._discover(nbr, num_nodes_total)
                 rows.append(local.index_select(0, nbr))
                 cols.append(owner + first_local)
                 edges.append(eid)
@@ -120,9 +121,9 @@ class TorchNeighborSampler(BaseSampler):
                 num_nodes_total += new.numel()
             node = torch.cat(nodes)
         except BaseException:
-            local.index_fill_(0, torch.cat(nodes), -1)
+            local.fill_(self.UNSEEN)  # interrupted mid-hop: restore the whole table
             raise
-        local.index_fill_(0, node, -1)  # reset only what this batch touched
+        local.index_fill_(0, node, self.UNSEEN)  # reset only what this batch touched
         empty = torch.empty(0, dtype=torch.long, device=self.device)
         return SamplerOutput(
             node=node,
@@ -133,18 +134,17 @@ class TorchNeighborSampler(BaseSampler):
             num_sampled_edges=num_sampled_edges,
         )
 
-    def _first_occurrences(self, candidates: Tensor) -> Tensor:
-        """Distinct values of ``candidates`` in order of first occurrence, in ``O(len)``: the
-        node table (all -1 for these nodes) records each node's first position, deterministic
-        (a scatter-min) and without sorting."""
-        if candidates.numel() == 0:
-            return candidates
-        position = torch.arange(candidates.numel(), device=self.device)
-        table = self._local
-        table.index_fill_(0, candidates, candidates.numel())
-        table.scatter_reduce_(0, candidates, position, reduce="amin")
-        # the caller overwrites every entry touched here with the new local ids
-        return torch.masked_select(candidates, table.index_select(0, candidates) == position)
+    def _discover(self, nbr: Tensor, num_known: int) -> Tensor:
+        """The nodes in ``nbr`` not reached before, in order of first occurrence, entered in
+        the node table as ``num_known``, ``num_known + 1``, ...: ``O(len(nbr))``, deterministic,
+        no sort. A scatter-min of ``num_known + position`` leaves known nodes' ids (smaller) in
+        place and gives each new node the code of its first position."""
+        code = torch.arange(num_known, num_known + nbr.numel(), device=self.device)
+        local = self._local
+        local.scatter_reduce_(0, nbr, code, reduce="amin")
+        new = torch.masked_select(nbr, local.index_select(0, nbr) == code)
+        local.scatter_(0, new, code[:new.numel()])
+        return new
 
     #: Up to this many candidate neighbours in a hop, one sort over random keys picks them
     #: (few operations: small batches are bound by per-operation overhead); above it, Floyd's
@@ -156,27 +156,24 @@ class TorchNeighborSampler(BaseSampler):
         position of the target in ``nodes``, original edge ids), grouped by target."""
         start = self.colptr.index_select(0, nodes)
         deg = self.deg.index_select(0, nodes)
-        arange_nodes = torch.arange(nodes.numel(), device=self.device)
         ends = torch.cumsum(deg, 0)  # each node's end in the list of all candidates
         num_candidates = int(ends[-1]) if nodes.numel() else 0
         if fanout < 0 or (not self.replace and (
                 num_candidates == 0 or int(deg.max()) <= fanout)):
             # every neighbour of every node
-            owner = torch.repeat_interleave(arange_nodes, deg, output_size=num_candidates)
+            owner = torch.repeat_interleave(deg, output_size=num_candidates)
             pos = self._expand(start - ends + deg, owner, num_candidates)
         elif self.replace:
             count = torch.where(deg > 0, fanout, 0)
-            owner = torch.repeat_interleave(arange_nodes, count,
-                                            output_size=int(count.sum()))
+            owner = torch.repeat_interleave(count, output_size=int(count.sum()))
             rand = torch.rand(owner.numel(), generator=self.generator, device=self.device,
                               dtype=torch.float64)
             offset = (rand * deg.index_select(0, owner)).long()
             pos = start.index_select(0, owner) + offset
         elif num_candidates <= self.sort_limit:
-            owner, pos = self._smallest_keys(start - ends + deg, deg, arange_nodes,
-                                             num_candidates, fanout)
+            owner, pos = self._smallest_keys(start - ends + deg, deg, num_candidates, fanout)
         else:
-            owner, pos = self._floyd(start, deg, arange_nodes, fanout)
+            owner, pos = self._floyd(start, deg, fanout)
         return self.row.index_select(0, pos), owner, self.edge_id.index_select(0, pos)
 
     def _expand(self, shift: Tensor, owner: Tensor, total: int) -> Tensor:
@@ -184,28 +181,27 @@ class TorchNeighborSampler(BaseSampler):
         CSC start minus its start in the list of candidates)."""
         return torch.arange(total, device=self.device) + shift.index_select(0, owner)
 
-    def _smallest_keys(self, shift: Tensor, deg: Tensor, arange_nodes: Tensor,
-                       num_candidates: int, fanout: int) -> tuple[Tensor, Tensor]:
+    def _smallest_keys(self, shift: Tensor, deg: Tensor, num_candidates: int,
+                       fanout: int) -> tuple[Tensor, Tensor]:
         """Every candidate gets a random key; each node keeps its ``fanout`` smallest. One sort
         of ``(node, key)`` shuffles inside each node's range and keeps the ranges in place, so
         the kept sorted positions are those whose rank in their range is below ``fanout``.
         Integer keys sort faster than float ones; a tie between two keys of a node (chance
         about deg^2 / 2^33) is the only departure from uniform, and negligible."""
-        cand_owner = torch.repeat_interleave(arange_nodes, deg, output_size=num_candidates)
+        cand_owner = torch.repeat_interleave(deg, output_size=num_candidates)
         cand_pos = self._expand(shift, cand_owner, num_candidates)
-        keys = torch.empty(num_candidates, dtype=torch.long, device=self.device).random_(
-            0, 1 << 32, generator=self.generator).add_(cand_owner << 32)  # (node, 32-bit key)
+        keys = torch.randint(0, 1 << 32, (num_candidates,), generator=self.generator,
+                             device=self.device).add_(cand_owner << 32)  # (node, 32-bit key)
         kept = torch.nonzero(self.csc_rank.index_select(0, cand_pos) < fanout).view(-1)
         chosen = torch.argsort(keys).index_select(0, kept)
         return cand_owner.index_select(0, kept), cand_pos.index_select(0, chosen)
 
-    def _floyd(self, start: Tensor, deg: Tensor, arange_nodes: Tensor,
-               fanout: int) -> tuple[Tensor, Tensor]:
+    def _floyd(self, start: Tensor, deg: Tensor, fanout: int) -> tuple[Tensor, Tensor]:
         """Robert Floyd's uniform ``fanout``-subset of ``range(deg)`` for all nodes whose degree
         exceeds the fanout at once: ``fanout`` vectorised steps of ``O(nodes x fanout)``."""
         count = deg.clamp(max=fanout)
         total = int(count.sum())
-        owner = torch.repeat_interleave(arange_nodes, count, output_size=total)
+        owner = torch.repeat_interleave(count, output_size=total)
         offset = torch.arange(total, device=self.device) - (
             torch.cumsum(count, 0) - count).index_select(0, owner)  # nodes with deg <= fanout
         heavy = deg > fanout
@@ -301,7 +297,7 @@ class SampledBatching(Batching):
             batch = batch.to(self.device)
             optimizer.zero_grad(set_to_none=True)
             kwargs = {}
-            if self.trim:
+            if self.trim and "num_sampled_nodes" in batch:  # torch-sparse reports no hops
                 kwargs = {"num_sampled_nodes_per_hop": batch.num_sampled_nodes,
                           "num_sampled_edges_per_hop": batch.num_sampled_edges}
             out = model(batch.x, batch.edge_index, **kwargs)[:batch.batch_size]

@@ -202,6 +202,16 @@ def test_same_structure_as_pyg_neighbor_loader(fanout: list[int]) -> None:
         assert set(a.e_id.tolist()) == set(b.e_id.tolist())
 
 
+@pytest.mark.skipif(not pyg_sampler_available(),
+                    reason="PyG's NeighborLoader needs pyg-lib or torch-sparse (not installed)")
+def test_training_with_pyg_backend(cora: Data) -> None:
+    """torch-sparse's sampler reports no per-hop counts: training then runs untrimmed (it
+    crashed on ``batch.num_sampled_nodes`` before)."""
+    cfg = load_config("configs/sage_sampling.yaml").override({"sampler.backend": "pyg",
+                                                              "train.epochs": 5})
+    assert fit(cfg, cora)["test_acc"] > 0.5
+
+
 def test_accuracy_gate_sage_sampling(cora: Data, device: torch.device) -> None:
     cfg = load_config("configs/sage_sampling.yaml")
     results = [fit(cfg.override({"train.seed": s, "sampler.backend": "torch",
