@@ -89,7 +89,7 @@ class TorchNeighborSampler(BaseSampler):
         return None  # ``edge`` already holds original edge ids
 
     # ---- sampling -----------------------------------------------------------------------
-    # Small batches are bound by per-operation overhead (about 50 tensor operations a batch),
+    # Small batches are bound by per-operation overhead (about 80 tensor operations a batch),
     # so the code below uses the cheapest form of each: ``index_select`` rather than ``[]``
     # (2-3x cheaper on CPU), ``scatter_`` rather than ``[] =``, and contiguous local ids
     # (``owner + offset``) rather than gathers.
