@@ -22,6 +22,9 @@ from gnn.sampling import (
 from gnn.training import fit
 from tests.strategies import graphs
 
+PYG_ONLY = pytest.mark.skipif(
+    not pyg_sampler_available(),
+    reason="PyG's NeighborLoader needs pyg-lib or torch-sparse (not installed)")
 fanouts = st.lists(st.sampled_from([-1, 1, 2, 3, 5]), min_size=1, max_size=3)
 
 
@@ -172,8 +175,7 @@ def test_loader_builds_pyg_batches(device: torch.device) -> None:
     assert torch.equal(torch.cat(seen).sort().values, torch.arange(200))
 
 
-@pytest.mark.skipif(not pyg_sampler_available(),
-                    reason="PyG's NeighborLoader needs pyg-lib or torch-sparse (not installed)")
+@PYG_ONLY
 @pytest.mark.parametrize("fanout", [[-1, -1], [3, 2], [10, 10]])
 def test_same_structure_as_pyg_neighbor_loader(fanout: list[int]) -> None:
     data = _random_graph(300, 3000, 2)
@@ -202,8 +204,7 @@ def test_same_structure_as_pyg_neighbor_loader(fanout: list[int]) -> None:
         assert set(a.e_id.tolist()) == set(b.e_id.tolist())
 
 
-@pytest.mark.skipif(not pyg_sampler_available(),
-                    reason="PyG's NeighborLoader needs pyg-lib or torch-sparse (not installed)")
+@PYG_ONLY
 def test_training_with_pyg_backend(cora: Data) -> None:
     """torch-sparse's sampler reports no per-hop counts: training then runs untrimmed (it
     crashed on ``batch.num_sampled_nodes`` before)."""
