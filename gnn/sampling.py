@@ -202,8 +202,8 @@ class TorchNeighborSampler(BaseSampler):
         count = deg.clamp(max=fanout)
         total = int(count.sum())
         owner = torch.repeat_interleave(count, output_size=total)
-        offset = torch.arange(total, device=self.device) - (
-            torch.cumsum(count, 0) - count).index_select(0, owner)  # nodes with deg <= fanout
+        # rank of each pick in its node: nodes with deg <= fanout take every neighbour
+        offset = self._expand(count - torch.cumsum(count, 0), owner, total)
         heavy = deg > fanout
         d = deg[heavy]
         rand = torch.rand(d.numel(), fanout, generator=self.generator, device=self.device,
