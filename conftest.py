@@ -27,25 +27,26 @@ def device(request: pytest.FixtureRequest) -> torch.device:
     return torch.device(request.param)
 
 
-def _data_root() -> Path | None:
-    env = os.environ.get("GNN_DATA_ROOT")
-    if env:
-        return Path(env)
-    return SHARED_DATA if SHARED_DATA.is_dir() else None
-
-
 @pytest.fixture(scope="session")
-def data_root() -> Path:
-    """Where the Planetoid raw files are. Missing data fails under CI and skips elsewhere,
-    so CI can never pass by skipping the accuracy gates."""
-    root = _data_root()
-    if root is None or not any(root.glob("**/ind.cora.x")):
-        message = ("Cora raw files not found: set GNN_DATA_ROOT to a folder holding "
-                   "Planetoid/Cora/raw/ind.cora.*")
+def data_root(_isolated_cache: None) -> Path:
+    """Where the Planetoid raw files are, found as the loader finds them (``GNN_DATA_ROOT``,
+    else the project's ``../shared/data`` when present, else the user cache, downloading when
+    online). Only the loader's own "raw files not found" error (offline, no files) skips, and
+    under CI it fails, so CI can never pass by skipping the accuracy gates."""
+    from gnn.data import load_planetoid, resolve_root
+    from gnn.errors import DataError
+
+    root = os.environ.get("GNN_DATA_ROOT") or (str(SHARED_DATA) if SHARED_DATA.is_dir()
+                                               else None)
+    try:
+        load_planetoid("Cora", root)
+    except DataError as exc:
+        if "raw files not found" not in str(exc):
+            raise
         if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return root
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+    return resolve_root(root)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -9,10 +9,10 @@ import torch
 from torch import nn
 from torch_geometric.data import Data
 
+from benchmarks.reference import reference_model
 from gnn.config import Config
 from gnn.data import num_classes
 from gnn.models import build_model
-from gnn.reference import reference_model
 from gnn.timing import measure_latency
 
 #: Hidden sizes of the shipped configs (configs/*.yaml).
@@ -30,7 +30,7 @@ def build(name: str, impl: str, data: Data, device: torch.device,
     """(model, features) for ``impl`` = ``ours`` (features as training feeds them: CSR on the
     CPU; cached operators) or ``reference`` (the plain PyG recipe: dense features,
     normalisation on every call)."""
-    from gnn.training import node_features
+    from gnn.batching import node_features
 
     torch.manual_seed(seed)
     if impl == "ours":

@@ -12,7 +12,7 @@ from torch_geometric.data import Data
 
 from benchmarks.helpers import build, interleaved_ratio
 
-#: Goals from the speed issue (CPU), and the gate = goal / MARGIN (on CPU a 2x margin absorbs
+#: The speed goals (CPU), and the gate = goal / MARGIN (on CPU a 2x margin absorbs
 #: the noise of a shared 2-core machine while still catching a lost optimisation, which costs
 #: 5-30x). On a GPU Cora is bound by kernel launches (about 100 us a forward on an H200 either
 #: way), so the goal there is only: never slower than the reference, within 20%.

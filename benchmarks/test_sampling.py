@@ -21,11 +21,13 @@ import torch.nn.functional as F
 from torch_geometric.data import Data
 
 from benchmarks.helpers import graph_info, interleaved_ratio
+from gnn.batching import SampledBatching
 from gnn.config import Config, ModelConfig
 from gnn.data import load_dataset
+from gnn.memory import StepPeaks
 from gnn.models import build_model
-from gnn.sampling import SampledBatching, make_neighbor_loader, pyg_sampler_available
-from gnn.scale import PRESETS, SCALE_DATA, StepMeter
+from gnn.sampling import make_neighbor_loader, pyg_sampler_available
+from gnn.scale import SCALE_DATA, model_configs
 
 PYG_ONLY = pytest.mark.skipif(not pyg_sampler_available(),
                               reason="PyG's sampler needs pyg-lib or torch-sparse (not installed)")
@@ -55,8 +57,9 @@ def endless(loader: Any) -> Iterator[Data]:
 
 def scale_config(num_nodes: int, device: torch.device) -> Config:
     """The sampled-GraphSAGE run of ``gnn scale`` at ``num_nodes`` (same split and batches)."""
-    return Config().override({**SCALE_DATA, **PRESETS["sage_sampling"], "data.name": "csbm",
-                              "data.num_nodes": num_nodes, "train.device": device.type})
+    base = Config().override({**SCALE_DATA, "data.name": "csbm", "data.num_nodes": num_nodes,
+                              "train.device": device.type})
+    return model_configs(base, ["sage_sampling"])["sage_sampling"]
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +117,7 @@ def test_sampler_throughput_1m_csbm(bench, csbm_million: Data, backend: str,
     sampler_throughput(bench, csbm_million, backend, 256, "sampler-1M-csbm-bs256", device)
 
 
-#: Issue 3's goals for ours / PyG's compiled sampler through the loader (CPU), and the gate:
+#: The goals for ours / PyG's compiled sampler through the loader (CPU), and the gate:
 #: goal / 1.25, as the two are measured interleaved in one process but the machine is shared.
 SAMPLER_GOALS = {"cora": 1.0, "1M": 3.0}
 
@@ -153,8 +156,8 @@ def test_sage_epoch_1m_csbm(bench, device: torch.device, csbm_million: Data) -> 
     model = build_model(cfg.model, csbm_million.num_features,
                         int(csbm_million.y.max()) + 1).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
-    meter = StepMeter(device)
-    batching = meter(SampledBatching.from_config(cfg, csbm_million, device))
+    meter = StepPeaks(device)
+    batching = SampledBatching.from_config(cfg, csbm_million, device, meter=meter)
     loss = bench(lambda: batching.train_epoch(model, optimizer), device=device,
                  group=f"sage-epoch-1M-csbm-{device.type}", rounds=5, warmup=1,
                  **graph_info(csbm_million, model="sage", batch_size=cfg.sampler.batch_size,

@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import math
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,16 +26,17 @@ from torch import Tensor, nn
 from torch_geometric.data import Data
 
 from gnn import __version__
-from gnn.config import Config, ConfigError, SamplerConfig, _did_you_mean, load_config
+from gnn.batching import make_batching
+from gnn.config import Config, SamplerConfig, config_names, did_you_mean, load_config
 from gnn.data import load_dataset
+from gnn.errors import ConfigError
 from gnn.files import append_line, atomic_write_text, complete_lines, ensure_writable_dir
 from gnn.memory import PeakWindow, probe_for
 from gnn.timing import measure_latency
-from gnn.training import fit, make_batching, public_record, resolve_device, summary_line
+from gnn.training import check_config, fit, resolve_device
 
-#: The models ``gnn bench`` runs when ``--models`` is not given, those with a config present.
-DEFAULT_MODELS = ("mlp", "gcn", "sage", "sage_sampling", "gat", "appnp")
 DEFAULT_SEEDS = 5
+MAX_SEEDS = 10_000
 QUICK_SEEDS, QUICK_EPOCHS = 2, 10
 
 JSONL, CSV = "runs.jsonl", "runs.csv"
@@ -77,22 +79,6 @@ def row_key(row: dict[str, Any]) -> tuple[str, str, str, int]:
     return (row["name"], row["dataset"], row["device"], int(row["seed"]))
 
 
-def default_configs_dir() -> Path:
-    """The project's ``configs/`` folder beside the package (a source checkout), else
-    ``./configs``."""
-    beside = Path(__file__).resolve().parent.parent / "configs"
-    return beside if beside.is_dir() else Path("configs")
-
-
-def available_configs(configs_dir: Path) -> list[str]:
-    return sorted(p.stem for p in configs_dir.glob("*.yaml"))
-
-
-def default_models(configs_dir: Path) -> list[str]:
-    present = set(available_configs(configs_dir))
-    return [name for name in DEFAULT_MODELS if name in present]
-
-
 #: Config keys that say where data comes from or how a run reports, not what it computes.
 NOT_HASHED = {"data": ("root", "download", "trust_data"), "train": ("progress",)}
 
@@ -111,9 +97,9 @@ def config_hash(cfg: Config) -> str:
 def plan_runs(names: Sequence[str], seeds: int, devices: Sequence[str], configs_dir: Path,
               overrides: dict[str, Any]) -> list[Run]:
     """Every (config, device, seed) to run, model-major; raises ConfigError on bad input."""
-    if seeds < 1:
-        raise ConfigError(f"--seeds: must be >= 1, got {seeds}")
-    available = available_configs(configs_dir)
+    if not 1 <= seeds <= MAX_SEEDS:
+        raise ConfigError(f"--seeds: must be 1..{MAX_SEEDS}, got {seeds}")
+    available = config_names(configs_dir)
     if not names:
         raise ConfigError(f"--models: no config found in {configs_dir}")
     for device in devices:
@@ -122,9 +108,9 @@ def plan_runs(names: Sequence[str], seeds: int, devices: Sequence[str], configs_
     for name in dict.fromkeys(names):  # keep order, drop repeats
         if name not in available:
             raise ConfigError(f"--models: no config {name!r} in {configs_dir}"
-                              f"{_did_you_mean(name, available)}; choose from "
+                              f"{did_you_mean(name, available)}; choose from "
                               f"{', '.join(available) or 'nothing'}")
-        base = load_config(configs_dir / f"{name}.yaml").override(overrides)
+        base = check_config(load_config(configs_dir / f"{name}.yaml").override(overrides))
         for device in dict.fromkeys(devices):
             for seed in range(seeds):
                 cfg = base.override({"train.seed": seed, "train.device": device})
@@ -141,15 +127,16 @@ def full_graph_forward(cfg: Config, data: Data, model: nn.Module,
     return lambda: batching.predict(model)
 
 
-def run_one(run: Run, data: Data, latency: LatencySettings) -> dict[str, Any]:
-    """Train, time the forward pass and measure peak memory; returns the row to record."""
+def run_one(run: Run, data: Data, latency: LatencySettings) -> tuple[dict[str, Any], str]:
+    """Train, time the forward pass and measure peak memory; returns the row to record and
+    the run's summary line."""
     device = resolve_device(run.device)
     probe = probe_for(device)
     with PeakWindow(probe) as memory:
         result = fit(run.cfg, data)
-        predict = full_graph_forward(run.cfg, data, result["_model"], device)
+        predict = full_graph_forward(run.cfg, data, result.trained, device)
         stats = measure_latency(predict, device, latency.warmup, latency.iters)
-    row = public_record(result)
+    row = result.to_record()
     row.update({
         "name": run.name, "gnn_version": __version__, "config_hash": config_hash(run.cfg),
         "forward_ms_median": stats.median * 1e3, "forward_ms_iqr": stats.iqr * 1e3,
@@ -157,7 +144,28 @@ def run_one(run: Run, data: Data, latency: LatencySettings) -> dict[str, Any]:
         "latency_iters": stats.iters, "peak_memory_mb": memory.peak / 2**20,
         "memory_measure": probe.name,
     })
-    return row
+    return row, result.summary_line().replace(f"{result.model:<14}", f"{run.name:<14}", 1)
+
+
+#: Fields of a row the report computes with: a resumed row must hold each as a finite number.
+NUMERIC_FIELDS = ("train_acc", "val_acc", "test_acc", "test_macro_f1", "total_train_time_s",
+                  "train_loop_time_s", "forward_ms_median", "peak_memory_mb", "num_params")
+
+
+def check_row(row: Any) -> None:
+    """Raise ``ValueError`` unless a row read back from ``runs.jsonl`` has what the report
+    needs (a hand-edited or foreign line is dropped and its run trained again)."""
+    if not isinstance(row, dict):
+        raise ValueError("a row must be a JSON object")
+    for name in NUMERIC_FIELDS:
+        value = row.get(name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value):
+            raise ValueError(f"{name} is not a finite number")
+    history = row.get("history")
+    if not isinstance(history, dict) or not all(
+            isinstance(history.get(k), list) for k in ("train_loss", "val_acc")):
+        raise ValueError("history is missing")
 
 
 def csv_values(row: dict[str, Any]) -> list[Any]:
@@ -190,6 +198,9 @@ class RunLog:
     def read(self) -> tuple[list[dict[str, Any]], int]:
         """Whole, parseable rows of ``runs.jsonl`` (first copy of each run), and how many lines
         were dropped (cut by an interruption, garbled, or repeated)."""
+        for path in (self.jsonl, self.csv):
+            if path.exists() and not path.is_file():
+                raise ConfigError(f"--resume: {path} is not a regular file")
         lines, cut = complete_lines(self.jsonl)
         rows: dict[tuple[str, str, str, int], dict[str, Any]] = {}
         dropped = int(cut)
@@ -197,7 +208,8 @@ class RunLog:
             try:
                 row = json.loads(line)
                 key = row_key(row)
-            except (ValueError, KeyError, TypeError):
+                check_row(row)
+            except (ValueError, KeyError, TypeError, RecursionError):
                 dropped += 1
                 continue
             if key in rows:
@@ -256,12 +268,12 @@ def run_bench(plan: Sequence[Run], out: Path, *, resume: bool, latency: LatencyS
     with bar:
         for run in todo:
             bar.set_postfix_str(f"{run.name} seed {run.seed} {run.device}", refresh=True)
-            row = run_one(run, datasets[_data_key(run.cfg)], latency)
+            row, line = run_one(run, datasets[_data_key(run.cfg)], latency)
             log.append(row)
             rows.append(row)
             bar.update(1)
             if progress:
-                bar.write(summary_line({**row, "model": run.name}), file=sys.stderr)
+                bar.write(line, file=sys.stderr)
     by_key = {row_key(row): row for row in rows}
     return BenchResult(rows=[by_key[run.key] for run in plan], ran=len(todo),
                        resumed=len(plan) - len(todo), dropped=dropped,

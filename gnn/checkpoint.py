@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,16 +22,19 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
-from gnn.config import Config, ConfigError
+from gnn.config import Config
 from gnn.data import num_classes
+from gnn.errors import CheckpointError, ConfigError
 from gnn.files import atomic_write_bytes
+from gnn.models import build_model
+from gnn.training import check_config
 
 FORMAT = "gnn-checkpoint"
 VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, truncated, malformed or made for another dataset."""
+#: Largest checkpoint file read, and the most its archive may expand to: a gnn checkpoint is
+#: stored uncompressed, so an archive that would grow far beyond its size is refused unread.
+MAX_CHECKPOINT_BYTES = 4 << 30
+MAX_EXPANSION = 4
 
 
 def dataset_identity(data: Data) -> dict[str, Any]:
@@ -82,8 +87,6 @@ class Checkpoint:
 
     def build_model(self, device: torch.device) -> nn.Module:
         """The model of the stored config with the stored weights, in eval mode."""
-        from gnn.models import build_model
-
         model = build_model(self.config.model, self.dataset["num_features"],
                             self.dataset["num_classes"])
         try:
@@ -106,20 +109,49 @@ class Checkpoint:
 def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     """Read and check a checkpoint; every problem is one :class:`CheckpointError` line."""
     path = Path(path)
+    blob = _read_regular_file(path)
+    _check_expansion(path, blob)
     try:
-        blob = path.read_bytes()
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint not found: {path}") from None
-    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
-        reason = getattr(exc, "strerror", None) or exc.__class__.__name__
-        raise CheckpointError(f"cannot read checkpoint {path}: {reason}") from None
-    try:
-        raw = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. torch's note on a plain pickle's protocol
+            warnings.simplefilter("ignore")
+            raw = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, foreign pickle, refused global: all bad input
         detail = (str(exc).strip().splitlines() or [""])[0].split(". ")[0][:120]
         raise CheckpointError(f"checkpoint {path} is truncated or not a gnn checkpoint "
                               f"({exc.__class__.__name__}: {detail})") from None
     return _parse(path, raw)
+
+
+def _read_regular_file(path: Path) -> bytes:
+    """The bytes of a regular file of bounded size (a FIFO would block, a device never end)."""
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise CheckpointError(f"cannot read checkpoint {path}: not a regular file")
+        if info.st_size > MAX_CHECKPOINT_BYTES:
+            raise CheckpointError(f"checkpoint {path} is larger than {MAX_CHECKPOINT_BYTES} "
+                                  "bytes")
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint not found: {path}") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        if isinstance(exc, CheckpointError):
+            raise
+        reason = getattr(exc, "strerror", None) or exc.__class__.__name__
+        raise CheckpointError(f"cannot read checkpoint {path}: {reason}") from None
+
+
+def _check_expansion(path: Path, blob: bytes) -> None:
+    """Refuse an archive whose members would expand to far more than the file (a zip bomb):
+    ``torch.save`` stores members uncompressed."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(blob)) as archive:
+            expanded = sum(member.file_size for member in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return  # not a zip: torch.load reports it
+    if expanded > MAX_EXPANSION * len(blob) + (1 << 20):
+        raise CheckpointError(f"checkpoint {path} is truncated or not a gnn checkpoint (its "
+                              f"archive expands to {expanded} bytes from {len(blob)})")
 
 
 def _parse(path: Path, raw: Any) -> Checkpoint:
@@ -138,12 +170,15 @@ def _parse(path: Path, raw: Any) -> Checkpoint:
             isinstance(dataset.get(k), int) and dataset[k] > 0
             for k in ("num_features", "num_classes")):
         raise bad("dataset identity lacks num_features / num_classes")
-    if not isinstance(dataset.get("sha256", {}), dict):
+    sha = dataset.get("sha256", {})
+    if not isinstance(sha, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in sha.items()):
         raise bad("dataset identity has malformed sha256")
     dataset = {"name": str(dataset.get("name", "")), "sha256": dataset.get("sha256", {}),
                "num_features": dataset["num_features"], "num_classes": dataset["num_classes"]}
     try:
-        config = Config.from_dict(raw.get("config"), source=f"checkpoint {path} config")
+        config = check_config(Config.from_dict(raw.get("config"),
+                                               source=f"checkpoint {path} config"))
     except ConfigError as exc:
         raise CheckpointError(f"checkpoint {path}: stored config is invalid: {exc}") from None
     metrics = raw.get("metrics") if isinstance(raw.get("metrics"), dict) else {}

@@ -15,17 +15,23 @@ import warnings
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from gnn.config import Config, ConfigError, load_config
-from gnn.files import Terminated, sigterm_raises
+from gnn.config import Config, load_config, shipped_models
+from gnn.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    Terminated,
+    TrainingError,
+    UsageError,
+)
+from gnn.files import DiskFull, sigterm_raises
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 EXIT_TERMINATED = 143  # 128 + SIGTERM
 SPLITS = ("train", "val", "test", "all")
-
-
-class UsageError(Exception):
-    """Raised by the argument parser instead of printing usage and exiting."""
+MAX_LOCAL_RANKS = 256
+MAX_THREADS = 1024
 
 
 class Parser(argparse.ArgumentParser):
@@ -49,7 +55,14 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 def build_parser() -> Parser:
     parser = Parser(prog="gnn", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    for add in (_add_train, _add_predict, _add_scale, _add_bench):
+        add(sub)
+    smoke = sub.add_parser("smoke", help="check the installation and that Cora loads")
+    smoke.add_argument("--root", help="data root")
+    return parser
 
+
+def _add_train(sub: Any) -> None:
     train = sub.add_parser("train", help="train one model from a YAML config")
     _add_run_options(train)
     train.add_argument("--json", help="write the full result record to this path")
@@ -62,6 +75,8 @@ def build_parser() -> Parser:
                             "torchrun (WORLD_SIZE set) every process is one rank anyway")
     train.add_argument("--nproc", type=int, help="processes for --distributed (default 2)")
 
+
+def _add_predict(sub: Any) -> None:
     predict = sub.add_parser("predict", help="predict classes with a saved checkpoint")
     predict.add_argument("--checkpoint", required=True, metavar="PATH",
                          help="checkpoint written by gnn train --save")
@@ -75,12 +90,15 @@ def build_parser() -> Parser:
     predict.add_argument("--trust-data", action="store_true", default=None,
                          help="accept raw files whose SHA-256 differs (warning)")
 
+
+def _add_scale(sub: Any) -> None:
     scale = sub.add_parser("scale", help="time and memory of models on CSBM graphs of "
                            "growing size; writes scale.md, scale.csv, scale.png")
     scale.add_argument("--sizes", type=float, nargs="+", default=[1e4, 1e5, 1e6, 4e6],
                        help="numbers of nodes (default: 1e4 1e5 1e6 4e6)")
     scale.add_argument("--models", nargs="+", default=["gcn", "sage_sampling"],
-                       help="presets (gcn, sage, mlp, sage_sampling) or YAML config paths")
+                       help=f"shipped models ({', '.join(shipped_models())}) or YAML config "
+                            "paths (default: gcn sage_sampling)")
     scale.add_argument("--memory-budget", type=float, default=8.0, metavar="GIB",
                        help="skip a model whose predicted peak memory exceeds this (default 8)")
     scale.add_argument("--epochs", type=int, default=10, help="epochs per run (default 10)")
@@ -91,11 +109,13 @@ def build_parser() -> Parser:
     scale.add_argument("--threads", type=int, help="torch CPU threads (default: torch's); "
                        "1 is steadier on a machine shared with other jobs")
 
+
+def _add_bench(sub: Any) -> None:
     bench = sub.add_parser("bench", help="train every model on every seed and device; write "
                            "tables, runs, plots and a recommendation")
     bench.add_argument("--models", nargs="+", metavar="NAME",
-                       help="config names in --configs (default: those of "
-                            "mlp gcn sage sage_sampling gat appnp that exist)")
+                       help="config names in --configs (default: every config there; the "
+                            f"project's are {', '.join(shipped_models())})")
     bench.add_argument("--seeds", type=int,
                        help="seeds 0..N-1 per model and device (default 5; 2 with --quick)")
     bench.add_argument("--devices", nargs="+", choices=("cpu", "cuda"), default=["cpu"],
@@ -118,12 +138,10 @@ def build_parser() -> Parser:
     bench.add_argument("--trust-data", action="store_true", default=None,
                        help="load raw files whose SHA-256 differs from the public ones")
 
-    smoke = sub.add_parser("smoke", help="check the installation and that Cora loads")
-    smoke.add_argument("--root", help="data root")
-    return parser
-
 
 def config_from_args(args: argparse.Namespace) -> Config:
+    """The config file with the flags applied; names (model, dataset) are checked by the
+    command that uses it, where the registries are loaded."""
     cfg = load_config(args.config)
     overrides: dict[str, Any] = {
         "model.name": args.model, "data.name": args.dataset, "data.root": args.root,
@@ -136,36 +154,41 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from gnn.files import check_output_file, write_json
-    from gnn.training import fit, public_record, resolve_device, summary_line
+    from gnn.files import check_distinct_outputs, check_output_file, write_json
+    from gnn.training import check_config, fit, resolve_device
 
-    cfg = config_from_args(args)
+    cfg = check_config(config_from_args(args))
     resolve_device(cfg.train.device)
     if args.nproc is not None and not args.distributed:
         raise UsageError("--nproc: only with --distributed")
+    if args.nproc is not None and not 1 <= args.nproc <= MAX_LOCAL_RANKS:
+        raise UsageError(f"--nproc: must be 1..{MAX_LOCAL_RANKS}, got {args.nproc}")
     env = None
     if args.distributed or "WORLD_SIZE" in os.environ:
         from gnn import distributed
 
         distributed.check_config(cfg)
+        distributed.check_environment()
         env = distributed.DistEnv.from_environ()
-    if env is None or env.rank == 0:
-        for path, flag in ((args.json, "--json"), (args.save, "--save")):
-            if path:
-                check_output_file(path, flag)
+    for path, flag in ((args.json, "--json"), (args.save, "--save")):
+        if path:  # every rank checks, so none joins a job that rank 0 must leave
+            check_output_file(path, flag)
+    check_distinct_outputs({"--json": args.json, "--save": args.save})
     if args.distributed and env is None:  # the launcher: the ranks do the work
-        return distributed.launch_local(args.nproc or 2, args.argv, cfg.train.device)
+        nproc = 2 if args.nproc is None else args.nproc
+        return distributed.launch_local(nproc, args.argv, cfg.train.device)
     result = fit(cfg) if env is None else distributed.train_rank(cfg, env)
     if result is None:  # a rank other than 0
         return 0
-    print(summary_line(result))
+    print(result.summary_line())
     if args.save:
         from gnn.checkpoint import save_checkpoint
 
-        metrics = {k: result[k] for k in ("best_epoch", "train_acc", "val_acc", "test_acc")}
-        save_checkpoint(args.save, result["_model"], cfg, result["_data"], metrics)
+        metrics = {"best_epoch": result.best_epoch, "train_acc": result.train_acc,
+                   "val_acc": result.val_acc, "test_acc": result.test_acc}
+        save_checkpoint(args.save, result.trained, cfg, result.data, metrics)
     if args.json:
-        write_json(args.json, public_record(result))
+        write_json(args.json, result.to_record())
     return 0
 
 
@@ -217,13 +240,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from gnn.checkpoint import load_checkpoint
     from gnn.data import load_dataset
     from gnn.files import atomic_write_text, check_output_file
-    from gnn.training import resolve_device
+    from gnn.training import check_config, resolve_device
 
     spec = parse_nodes(args.nodes)
     ckpt = load_checkpoint(args.checkpoint)
-    cfg = ckpt.config.override({"data.root": args.root, "data.name": args.dataset,
-                                "data.trust_data": args.trust_data,
-                                "train.device": args.device or "cpu"})
+    cfg = check_config(ckpt.config.override({"data.root": args.root, "data.name": args.dataset,
+                                             "data.trust_data": args.trust_data,
+                                             "train.device": args.device or "cpu"}))
     device = resolve_device(cfg.train.device)
     if args.out:
         check_output_file(args.out, "--out")
@@ -240,29 +263,46 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_scale(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
-    from gnn.scale import run_scale
+    from gnn.files import ensure_writable_dir
+    from gnn.scale import plan_scale, row_line, sweep
     from gnn.training import resolve_device
 
-    if args.memory_budget <= 0:
-        raise ConfigError(f"--memory-budget: must be > 0 GiB, got {args.memory_budget}")
-    sizes = []
-    for size in args.sizes:
-        if size != int(size) or size < 2:
-            raise ConfigError(f"--sizes: node counts must be whole numbers >= 2, got {size:g}")
-        sizes.append(int(size))
     resolve_device(args.device)
+    if args.threads is not None and not 1 <= args.threads <= MAX_THREADS:
+        raise ConfigError(f"--threads: must be 1..{MAX_THREADS}, got {args.threads}")
+    plan = plan_scale(args.sizes, args.models, args.memory_budget, args.epochs,
+                      config=args.config, device=args.device)
+    out = ensure_writable_dir(args.out, "--out")
     if args.threads is not None:
-        if args.threads < 1:
-            raise ConfigError(f"--threads: must be >= 1, got {args.threads}")
         import torch
 
         torch.set_num_threads(args.threads)
-    run_scale(sizes, args.models, args.memory_budget, args.epochs, Path(args.out),
-              config=args.config, device=args.device)
+    rows = []
+    for row in sweep(plan):
+        rows.append(row)
+        print(row_line(row), flush=True)
+        _write_scale_report(rows, out, plan)
     print(f"wrote {args.out}/scale.md, scale.csv, scale.png")
     return 0
+
+
+def _write_scale_report(rows: list[Any], out: Any, plan: Any) -> None:
+    import platform
+
+    import torch
+
+    from gnn.memory import probe_for
+    from gnn.plots import scale_png
+    from gnn.report import scale_csv, scale_markdown, write_files
+
+    meta = {"threads": torch.get_num_threads(), "torch": torch.__version__,
+            "machine": platform.machine(), "memory": probe_for(plan.base.train.device).name}
+    write_files(out, {
+        "scale.csv": scale_csv(rows).encode(),
+        "scale.md": scale_markdown(rows, plan.budget_gib, plan.base, meta).encode(),
+        "scale.png": scale_png(rows, plan.budget_gib),
+    })
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -270,12 +310,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from gnn import bench
-    from gnn.report import machine_meta, write_report
+    from gnn.config import config_names, shipped_configs_dir
+    from gnn.plots import bench_figures
+    from gnn.report import bench_documents, machine_meta, summarize, terminal_table, write_files
 
-    configs_dir = Path(args.configs) if args.configs else bench.default_configs_dir()
+    configs_dir = Path(args.configs) if args.configs else shipped_configs_dir()
     if not configs_dir.is_dir():
         raise ConfigError(f"--configs: {configs_dir} is not a folder")
-    names = args.models or bench.default_models(configs_dir)
+    names = args.models or config_names(configs_dir)
     seeds = args.seeds
     if seeds is None:
         seeds = bench.QUICK_SEEDS if args.quick else bench.DEFAULT_SEEDS
@@ -292,14 +334,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     try:
         result = bench.run_bench(plan, out, resume=args.resume, latency=latency,
                                  progress=not args.no_progress)
-    except KeyboardInterrupt:
-        print(f"gnn bench: interrupted; the finished runs are in {out}, "
-              "run the same command with --resume to finish", file=sys.stderr)
-        raise
+    except (KeyboardInterrupt, Terminated) as exc:
+        raise type(exc)(f"the finished runs are in {out}; run the same command with --resume "
+                        "to finish") from None
     command = "gnn " + shlex.join(sys.argv[1:] if args.argv is None else args.argv)
-    paths, table = write_report(result.rows, out, machine_meta(command, args.devices),
-                                args.memory_budget_mb)
-    print(table)
+    summaries = summarize(result.rows)
+    meta = machine_meta(command, args.devices)
+    paths = write_files(out, {**bench_documents(summaries, meta, args.memory_budget_mb),
+                              **bench_figures(summaries)})
+    print(terminal_table(summaries))
     notes = [f"{result.ran} runs trained", f"{result.resumed} resumed"]
     if result.dropped:
         notes.append(f"{result.dropped} cut or repeated lines dropped from {bench.JSONL}")
@@ -357,13 +400,23 @@ def _one_line_warning(message: Warning | str, category: type[Warning], filename:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; return its exit code (0 ok, 1 failed, 2 bad input, 130/143 stopped)."""
-    from gnn.checkpoint import CheckpointError
-    from gnn.data import DataError
-    from gnn.training import TrainingError
+    """Run one command; return its exit code (0 ok, 1 failed, 2 bad input, 130/143 stopped).
 
-    with warnings.catch_warnings(), sigterm_raises():
+    A process that joined a distributed job does not return: it ends with the code through
+    :func:`gnn.distributed.exit_rank`, without freeing its process group."""
+    with sigterm_raises():  # first: a signal while torch is imported is handled too
+        code = _run(argv)
+    distributed = sys.modules.get("gnn.distributed")
+    if distributed is not None and distributed.joined():
+        distributed.exit_rank(code)
+    return code
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        # libraries' deprecation notes (torch.jit.script in PyG's imports) are not the user's
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.showwarning = _one_line_warning
         try:
             try:
@@ -375,13 +428,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (UsageError, ConfigError, DataError, CheckpointError) as exc:
             return _fail(str(exc), EXIT_BAD_INPUT)
         except TrainingError as exc:  # a distributed launcher passes on its failed rank's code
-            return _fail(str(exc), getattr(exc, "exit_code", 1))
+            return _fail(str(exc), exc.exit_code)
+        except DiskFull as exc:
+            return _fail(f"{exc.strerror}; no partial file was written", 1)
         except (MemoryError, RuntimeError) as exc:
             if not _out_of_memory(exc):
                 raise
             return _fail(f"out of memory ({_allocation(exc)}); reduce model.hidden_channels "
                          "or model.num_layers, or use a larger machine", 1)
-        except KeyboardInterrupt:
-            return _fail("interrupted (SIGINT); no partial file was written", EXIT_INTERRUPTED)
-        except Terminated:
-            return _fail("terminated (SIGTERM); no partial file was written", EXIT_TERMINATED)
+        except KeyboardInterrupt as exc:
+            return _fail(f"interrupted (SIGINT); {_stop_note(exc)}", EXIT_INTERRUPTED)
+        except Terminated as exc:
+            return _fail(f"terminated (SIGTERM); {_stop_note(exc)}", EXIT_TERMINATED)
+
+
+def _stop_note(exc: BaseException) -> str:
+    """What a stopped command leaves: a command may say (``gnn bench``: where its finished
+    runs are); by default, that no partial file was written."""
+    note = exc.args[0] if exc.args and isinstance(exc.args[0], str) else ""
+    return note or "no partial file was written"

@@ -1,7 +1,13 @@
 """One config object for a run, read from YAML and checked field by field.
 
 Every bad value raises :class:`ConfigError` with a one-line message that names the key, so the
-CLI can print it and exit 2 before any work (or any file) is done.
+CLI can print it and exit 2 before any work (or any file) is done. This module needs neither
+torch nor the registries: a config loads and checks its fields and their ranges without them;
+model and dataset names are checked where those registries live
+(:func:`gnn.models.check_model_config`, :func:`gnn.data.check_data_config`).
+
+Ranges have upper bounds too where a larger value can only be a mistake (a learning rate of
+1e300, a billion layers): such a value is refused here rather than failing deep in torch.
 """
 
 from __future__ import annotations
@@ -17,9 +23,12 @@ from typing import Any
 
 import yaml
 
+from gnn.errors import ConfigError
 
-class ConfigError(ValueError):
-    """A config value or file is unusable; the message is one line naming the key."""
+#: Largest config file read: a config is a few hundred bytes; a path to /dev/zero or a huge
+#: file is refused instead of read until memory runs out.
+MAX_CONFIG_BYTES = 1 << 20
+INT32_MAX = 2**31 - 1
 
 
 def _range(lo: float | None = None, hi: float | None = None, *, hi_open: bool = False,
@@ -30,14 +39,14 @@ def _range(lo: float | None = None, hi: float | None = None, *, hi_open: bool = 
 @dataclass
 class ModelConfig:
     name: str = "gcn"
-    hidden_channels: int = field(default=16, metadata=_range(1))
-    num_layers: int = field(default=2, metadata=_range(1))
+    hidden_channels: int = field(default=16, metadata=_range(1, 1 << 24))
+    num_layers: int = field(default=2, metadata=_range(1, 128))
     dropout: float = field(default=0.5, metadata=_range(0.0, 1.0, hi_open=True))
-    heads: int = field(default=8, metadata=_range(1))  # GAT: attention heads of hidden layers
+    heads: int = field(default=8, metadata=_range(1, 256))  # GAT: attention heads, hidden layers
     attn_dropout: float = field(default=0.6, metadata=_range(0.0, 1.0, hi_open=True))  # GAT
-    K: int = field(default=10, metadata=_range(1))  # APPNP: propagation steps
+    K: int = field(default=10, metadata=_range(1, 1000))  # APPNP: propagation steps
     alpha: float = field(default=0.1, metadata=_range(0.0, 1.0))  # APPNP: teleport probability
-    fast: bool = True  # cached normalised CSR adjacency and sparse-aware layers (speed issue)
+    fast: bool = True  # cached normalised CSR adjacency and sparse-aware layers
 
 
 @dataclass
@@ -53,28 +62,28 @@ class DataConfig:
     split_mode: str = field(default="transductive",
                             metadata={"choices": ("transductive", "inductive")})
     # name: csbm (gnn.synthetic): contextual stochastic block model parameters
-    num_nodes: int = field(default=10_000, metadata=_range(2))
-    num_classes: int = field(default=5, metadata=_range(2))
-    avg_degree: float = field(default=10.0, metadata=_range(0.0))
+    num_nodes: int = field(default=10_000, metadata=_range(2, INT32_MAX))
+    num_classes: int = field(default=5, metadata=_range(2, 1 << 16))
+    avg_degree: float = field(default=10.0, metadata=_range(0.0, 1e6))
     homophily: float = field(default=0.8, metadata=_range(0.0, 1.0))
     features: str = field(default="gaussian", metadata={"choices": ("gaussian", "binary")})
-    num_features: int = field(default=32, metadata=_range(1))
-    feature_signal: float = field(default=1.0, metadata=_range(0.0))
+    num_features: int = field(default=32, metadata=_range(1, 1 << 20))
+    feature_signal: float = field(default=1.0, metadata=_range(0.0, 1e6))
     feature_density: float = field(default=0.05, metadata=_range(0.0, 1.0, lo_open=True))
-    train_per_class: int = field(default=20, metadata=_range(1))
-    num_val: int = field(default=500, metadata=_range(1))
-    num_test: int = field(default=1000, metadata=_range(1))
-    graph_seed: int = field(default=0, metadata=_range(0))
+    train_per_class: int = field(default=20, metadata=_range(1, INT32_MAX))
+    num_val: int = field(default=500, metadata=_range(1, INT32_MAX))
+    num_test: int = field(default=1000, metadata=_range(1, INT32_MAX))
+    graph_seed: int = field(default=0, metadata=_range(0, 2**63 - 1))
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = field(default=200, metadata=_range(1))
+    epochs: int = field(default=200, metadata=_range(1, 10_000_000))
     # validate (and select the model) every k epochs and after the last: on large graphs a
     # full-graph evaluation costs more than a training epoch
-    eval_every: int = field(default=1, metadata=_range(1))
-    lr: float = field(default=0.01, metadata=_range(0.0, lo_open=True))
-    weight_decay: float = field(default=5e-4, metadata=_range(0.0))
+    eval_every: int = field(default=1, metadata=_range(1, 10_000_000))
+    lr: float = field(default=0.01, metadata=_range(0.0, 100.0, lo_open=True))
+    weight_decay: float = field(default=5e-4, metadata=_range(0.0, 100.0))
     seed: int = field(default=0, metadata=_range(0, 2**32 - 1))  # numpy's seed range
     device: str = field(default="cpu", metadata={"choices": ("cpu", "cuda")})
     compile: bool = False
@@ -89,10 +98,10 @@ class SamplerConfig:
     enabled: bool = False
     backend: str = field(default="auto", metadata={"choices": ("auto", "torch", "pyg")})
     fanout: list[int] = field(default_factory=lambda: [10, 10])
-    batch_size: int = field(default=64, metadata=_range(1))
+    batch_size: int = field(default=64, metadata=_range(1, INT32_MAX))
     replace: bool = False
     inference: str = field(default="layerwise", metadata={"choices": ("layerwise", "sampled")})
-    inference_batch_size: int = field(default=4096, metadata=_range(1))
+    inference_batch_size: int = field(default=4096, metadata=_range(1, INT32_MAX))
     trim: bool = True
 
 
@@ -137,34 +146,15 @@ class Config:
         return Config.from_dict(raw)
 
     def validate(self) -> None:
-        """Cross-field checks that no single field can do on its own."""
-        from gnn.data import DATASETS
-        from gnn.models import MODELS
-
-        if self.model.name not in MODELS:
-            raise ConfigError(f"model.name: unknown model {_show(self.model.name)}"
-                              f"{_did_you_mean(self.model.name, MODELS)}; "
-                              f"choose from {', '.join(sorted(MODELS))}")
-        if self.data.name.lower() not in DATASETS:
-            raise ConfigError(f"data.name: unknown dataset {_show(self.data.name)}"
-                              f"{_did_you_mean(self.data.name.lower(), DATASETS)}; choose from "
-                              f"{', '.join(sorted(DATASETS.values()))}")
-        if self.data.name.lower() == "csbm":
-            from gnn.synthetic import check_csbm
-
-            check_csbm(self.data)
-        if self.sampler.enabled:
-            if not getattr(MODELS[self.model.name], "supports_sampling", False):
-                able = sorted(n for n, m in MODELS.items() if getattr(m, "supports_sampling", 0))
-                raise ConfigError(f"sampler.enabled: model {self.model.name!r} does not train on "
-                                  f"sampled mini-batches; use one of {', '.join(able)}")
-            if len(self.sampler.fanout) != self.model.num_layers:
-                raise ConfigError(
-                    f"sampler.fanout: needs one entry per layer (model.num_layers="
-                    f"{self.model.num_layers}), got {len(self.sampler.fanout)}")
-            if any(f == 0 or f < -1 for f in self.sampler.fanout):
-                raise ConfigError("sampler.fanout: entries must be positive or -1 (all "
-                                  f"neighbours), got {_show(self.sampler.fanout)}")
+        """Cross-field checks that no single field can do on its own (names are checked by
+        the registries: :func:`gnn.models.check_model_config`, ``gnn.data``)."""
+        if self.sampler.enabled and len(self.sampler.fanout) != self.model.num_layers:
+            raise ConfigError(
+                f"sampler.fanout: needs one entry per layer (model.num_layers="
+                f"{self.model.num_layers}), got {len(self.sampler.fanout)}")
+        if any(f == 0 or f < -1 or f > INT32_MAX for f in self.sampler.fanout):
+            raise ConfigError("sampler.fanout: entries must be positive or -1 (all "
+                              f"neighbours), got {show(self.sampler.fanout)}")
 
 
 def load_config(path: str | Path | None) -> Config:
@@ -173,9 +163,11 @@ def load_config(path: str | Path | None) -> Config:
         return Config()
     path = Path(path)
     try:
-        text = path.read_text()
+        text = _read_small_text(path)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except ConfigError:
+        raise
     except (OSError, UnicodeDecodeError, ValueError) as exc:  # ValueError: a NUL in the path
         raise ConfigError(f"cannot read config file {path}: {exc.__class__.__name__}") from None
     try:
@@ -192,7 +184,22 @@ def load_config(path: str | Path | None) -> Config:
     return Config.from_dict(raw, source=str(path))
 
 
-def _show(value: Any, limit: int = 80) -> str:
+def _read_small_text(path: Path) -> str:
+    """The text of a regular file of at most :data:`MAX_CONFIG_BYTES`; a FIFO (which would
+    block) or a device (which may never end) is refused before it is opened for reading."""
+    import stat
+
+    mode = path.stat().st_mode
+    if not stat.S_ISREG(mode):
+        raise ConfigError(f"cannot read config file {path}: not a regular file")
+    with open(path, "rb") as handle:
+        data = handle.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES} bytes")
+    return data.decode()
+
+
+def show(value: Any, limit: int = 80) -> str:
     """``repr`` for one-line messages: shortened, and safe for integers too long to print
     (YAML integers have no size limit; ``repr`` refuses those over 4300 digits)."""
     try:
@@ -203,17 +210,17 @@ def _show(value: Any, limit: int = 80) -> str:
 
 
 def _key_name(key: Any) -> str:
-    return key if isinstance(key, str) and len(key) <= 80 else _show(key)
+    return key if isinstance(key, str) and len(key) <= 80 else show(key)
 
 
-def _did_you_mean(name: str, choices: typing.Iterable[str]) -> str:
+def did_you_mean(name: str, choices: typing.Iterable[str]) -> str:
     close = difflib.get_close_matches(name, list(choices), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _check_known(key: str, known: Mapping[str, Any], prefix: str) -> None:
     if key not in known:
-        raise ConfigError(f"{prefix}{key}: unknown key{_did_you_mean(key, known)}")
+        raise ConfigError(f"{prefix}{key}: unknown key{did_you_mean(key, known)}")
 
 
 def _build_section(factory: Any, raw: Mapping[str, Any], prefix: str) -> Any:
@@ -248,36 +255,54 @@ def _coerce(key: str, value: Any, tp: Any, meta: Mapping[str, Any]) -> Any:
         return [_coerce(f"{key}[{i}]", v, item_tp, {}) for i, v in enumerate(value)]
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {_show(value)}")
+            raise ConfigError(f"{key}: expected true or false, got {show(value)}")
     elif tp is int:
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {_show(value)}")
+            raise ConfigError(f"{key}: expected an integer, got {show(value)}")
     elif tp is float:
         if isinstance(value, str):  # YAML 1.1 reads "5e-4" as a string
             try:
                 value = float(value)
             except ValueError:
-                raise ConfigError(f"{key}: expected a number, got {_show(value)}") from None
+                raise ConfigError(f"{key}: expected a number, got {show(value)}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {_show(value)}")
+            raise ConfigError(f"{key}: expected a number, got {show(value)}")
         try:
             value = float(value)
         except OverflowError:  # YAML integers have no size limit
-            raise ConfigError(f"{key}: expected a finite number, got {_show(value)}") from None
+            raise ConfigError(f"{key}: expected a finite number, got {show(value)}") from None
         if value != value or value in (float("inf"), float("-inf")):
-            raise ConfigError(f"{key}: expected a finite number, got {_show(value)}")
+            raise ConfigError(f"{key}: expected a finite number, got {show(value)}")
     elif tp is str and not isinstance(value, str):
-        raise ConfigError(f"{key}: expected a string, got {_show(value)}")
+        raise ConfigError(f"{key}: expected a string, got {show(value)}")
     if "choices" in meta and value not in meta["choices"]:
-        raise ConfigError(f"{key}: must be one of {', '.join(meta['choices'])}, got {_show(value)}"
-                          f"{_did_you_mean(str(value), meta['choices'])}")
+        raise ConfigError(f"{key}: must be one of {', '.join(meta['choices'])}, got {show(value)}"
+                          f"{did_you_mean(str(value), meta['choices'])}")
     lo, hi = meta.get("lo"), meta.get("hi")
     if lo is not None and (value < lo or (meta["lo_open"] and value == lo)):
         bound = f"> {lo}" if meta["lo_open"] else f">= {lo}"
-        raise ConfigError(f"{key}: must be {bound}, got {_show(value)}")
+        raise ConfigError(f"{key}: must be {bound}, got {show(value)}")
     if hi is not None and (value > hi or (meta["hi_open"] and value == hi)):
         bound = f"< {hi}" if meta["hi_open"] else f"<= {hi}"
-        raise ConfigError(f"{key}: must be {bound}, got {_show(value)}")
+        raise ConfigError(f"{key}: must be {bound}, got {show(value)}")
     return value
+
+
+def shipped_configs_dir() -> Path:
+    """The project's ``configs/`` folder beside the package (a source checkout), else
+    ``./configs``."""
+    beside = Path(__file__).resolve().parent.parent / "configs"
+    return beside if beside.is_dir() else Path("configs")
+
+
+def config_names(folder: Path) -> list[str]:
+    """The configs in ``folder``, by name (file stem), sorted."""
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def shipped_models() -> list[str]:
+    """The one list of the models the project ships: a config each in ``configs/``. The bench
+    runs them, ``gnn scale`` accepts them, and the tests gate each one's accuracy."""
+    return config_names(shipped_configs_dir())

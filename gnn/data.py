@@ -1,17 +1,21 @@
-"""Datasets: Planetoid (Cora, CiteSeer, PubMed) loaded safely, and the split checks.
+"""Datasets: Planetoid (Cora, CiteSeer, PubMed) loaded safely, CSBM graphs, split checks.
 
 The raw Planetoid files are Python pickles, and unpickling a tampered file runs arbitrary code.
 They are therefore (1) checked against the SHA-256 of the public files where those are known and
 (2) read with a restricted unpickler that builds only numpy arrays, scipy CSR matrices and plain
-containers. Processing happens in a writable cache keyed by the raw files' hash, built in a
-temporary folder and renamed into place, so a failed run never leaves a half-processed cache and a
-changed raw file can never be served from a stale one.
+containers; PyG's processing then reads copies re-pickled from those checked objects, never the
+raw bytes. Processing happens in a writable cache keyed by the raw files' hash, built in a
+temporary folder and renamed into place (one process at a time: a lock file serialises fills),
+with a manifest of the raw hashes and of the SHA-256 of every processed file. A cache whose
+files do not match their manifest, do not load (``torch.load(weights_only=True)``), or fail the
+structural checks (:func:`check_graph`) is removed and rebuilt with one warning.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import pickle
 import shutil
@@ -20,16 +24,17 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import torch
+from filelock import FileLock
 from torch import Tensor
 from torch_geometric.data import Data
 from torch_geometric.datasets import Planetoid
-from torch_geometric.io import planetoid as planetoid_io
 from torch_geometric.transforms import NormalizeFeatures
 
-from gnn.config import DataConfig
+from gnn.config import DataConfig, did_you_mean, show
+from gnn.errors import ConfigError, DataError
+from gnn.synthetic import check_csbm, csbm
 
 #: Lower-case name -> PyG's spelling. Every Planetoid dataset goes through the same code;
 #: ``csbm`` is generated (:mod:`gnn.synthetic`).
@@ -67,9 +72,9 @@ PUBLIC_SPLIT_SIZES: dict[str, tuple[int, int, int]] = {
     "Cora": (140, 500, 1000), "CiteSeer": (120, 500, 1000), "PubMed": (60, 500, 1000),
 }
 
-
-class DataError(RuntimeError):
-    """A dataset cannot be found, verified or read; the message says what to do."""
+MANIFEST = "manifest.json"
+#: Seconds a process waits for another one filling the same cache before giving up.
+LOCK_TIMEOUT_S = 600
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,21 +199,30 @@ class RestrictedUnpickler(pickle.Unpickler):
             ) from None
 
 
-class _RestrictedPickle:
-    """Stands in for the ``pickle`` module inside ``torch_geometric.io.planetoid``."""
+def read_raw_pickle(path: Path) -> Any:
+    """One raw Planetoid pickle through :class:`RestrictedUnpickler` (as PyG reads them:
+    latin-1 strings); every failure is a :class:`DataError` naming the file."""
+    try:
+        with open(path, "rb") as handle:
+            return RestrictedUnpickler(handle, encoding="latin1").load()
+    except UnsafePickleError as exc:
+        raise DataError(f"unsafe raw file {path.name}: {exc}") from None
+    except Exception as exc:
+        raise DataError(f"truncated or corrupt raw file {path.name} "
+                        f"({exc.__class__.__name__}: {exc})") from None
 
-    UnpicklingError = pickle.UnpicklingError
 
-    @staticmethod
-    def load(file: Any, encoding: str = "ASCII", **_: Any) -> Any:
-        name = Path(str(getattr(file, "path", None) or getattr(file, "name", "?"))).name
-        try:
-            return RestrictedUnpickler(file, encoding=encoding).load()
-        except UnsafePickleError as exc:
-            raise DataError(f"unsafe raw file {name}: {exc}") from None
-        except Exception as exc:
-            raise DataError(f"truncated or corrupt raw file {name} "
-                            f"({exc.__class__.__name__}: {exc})") from None
+def sanitized_copy(raw_dir: Path, target: Path, name: str) -> None:
+    """Copy the raw files into ``target`` with every pickle re-written from the objects the
+    restricted unpickler built: PyG's reader (plain ``pickle``) then only ever sees bytes made
+    here from allowed types."""
+    target.mkdir(parents=True)
+    for file in raw_file_names(name):
+        if file.endswith(".test.index"):
+            shutil.copyfile(raw_dir / file, target / file)
+        else:
+            payload = pickle.dumps(read_raw_pickle(raw_dir / file), protocol=4)
+            (target / file).write_bytes(payload)
 
 
 def sha256_file(path: Path) -> str:
@@ -242,31 +256,21 @@ def verify_raw(hashes: dict[str, str], name: str, trust_data: bool) -> None:
                   "through the restricted unpickler", stacklevel=3)
 
 
-_TORCH_LOAD = torch.load
-
-
-def _weights_only_load(f: Any, *args: Any, **kwargs: Any) -> Any:
-    """``torch.load`` that ignores a caller's ``weights_only=False``."""
-    kwargs["weights_only"] = True
-    return _TORCH_LOAD(f, *args, **kwargs)
-
-
 class SafePlanetoid(Planetoid):
-    """PyG's Planetoid with a restricted unpickler and a strict ``weights_only`` cache load."""
+    """PyG's Planetoid that reads its processed file with ``torch.load(weights_only=True)``
+    and never the ``pre_transform.pt`` / ``pre_filter.pt`` files that PyG would unpickle in
+    full; the cache's manifest stands in for those checks."""
 
     def _process(self) -> None:
-        # PyG compares processed/pre_transform.pt and pre_filter.pt with
-        # torch.load(weights_only=False): a file planted in the cache would be fully unpickled.
-        self.log = False  # and its "Processing..." line would break one-line CLI errors
-        with mock.patch.object(torch, "load", _weights_only_load):
-            super()._process()
-
-    def process(self) -> None:
-        with mock.patch.object(planetoid_io, "pickle", _RestrictedPickle):
-            super().process()
+        if all(Path(p).is_file() for p in self.processed_paths):
+            return
+        os.makedirs(self.processed_dir, exist_ok=True)
+        self.process()
 
     def load(self, path: str, data_cls: type = Data) -> None:
         out = torch.load(path, weights_only=True)  # no fallback to full unpickling
+        if not isinstance(out, (tuple, list)) or len(out) not in (2, 3):
+            raise DataError(f"{Path(path).name} does not hold a processed dataset")
         data, self.slices, data_cls = out if len(out) == 3 else (*out, data_cls)
         self.data = data_cls.from_dict(data) if isinstance(data, dict) else data
 
@@ -303,34 +307,94 @@ def load_planetoid(name: str, root: str | os.PathLike[str] | None = None, *,
     verify_raw(hashes, name, trust_data)
     key = hashlib.sha256("".join(hashes[s] for s in PLANETOID_FILES).encode()).hexdigest()[:16]
     work = cache_dir() / "planetoid" / f"{name}-{key}"
-    if not (work / name / "processed" / "data.pt").is_file():
-        _process_into(work, raw_dir, name)
-    with _quiet_pyg():
-        try:
-            data = SafePlanetoid(str(work), name)[0]
-        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
-            shutil.rmtree(work, ignore_errors=True)  # rebuilt next time, never trusted
-            raise DataError(f"{name}: processed cache in {work} is unreadable and was removed "
-                            f"({exc.__class__.__name__}); run again to rebuild it") from None
+    work.parent.mkdir(parents=True, exist_ok=True)
+    with _cache_lock(work):
+        _remove_stale_builds(work)
+        data = _load_cache(work, name, hashes)
+        if data is None:
+            _process_into(work, raw_dir, name, hashes)
+            data = _load_cache(work, name, hashes, rebuilt=True)
     data.name = name
     data.raw_sha256 = hashes  # the dataset's identity, stored in checkpoints
     check_split(data, expected_sizes=PUBLIC_SPLIT_SIZES.get(name))
     return data
 
 
-def _process_into(work: Path, raw_dir: Path, name: str) -> None:
-    work.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=work.parent, prefix=f".{name}-"))
+@contextlib.contextmanager
+def _cache_lock(work: Path) -> Iterator[None]:
+    """One process at a time fills or checks a cache folder; the others wait their turn and
+    then find it built."""
+    lock = FileLock(f"{work}.lock", timeout=LOCK_TIMEOUT_S)
     try:
-        shutil.copytree(raw_dir, tmp / name / "raw")
-        for f in (tmp / name / "raw").iterdir():
-            f.chmod(0o644)  # the source may be read-only
+        lock.acquire()
+    except TimeoutError:
+        raise DataError(f"cache {work} stayed locked for {LOCK_TIMEOUT_S} s by another gnn "
+                        f"process; remove {work}.lock if none is running") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _remove_stale_builds(work: Path) -> None:
+    """Temporary build folders of this cache entry left by a killed process (only the lock
+    holder builds, so under the lock any such folder is stale)."""
+    for stale in work.parent.glob(f".{work.name}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _file_hashes(folder: Path) -> dict[str, str]:
+    return {f.name: sha256_file(f) for f in sorted(folder.iterdir()) if f.is_file()}
+
+
+def _load_cache(work: Path, name: str, hashes: dict[str, str], *,
+                rebuilt: bool = False) -> Data | None:
+    """The cached dataset if its manifest, files and structure all check out; otherwise the
+    folder is removed (one warning) and ``None`` returned so that the caller rebuilds it."""
+    if not work.exists():
+        return None
+    try:
+        manifest = json.loads((work / MANIFEST).read_text())
+        if manifest.get("raw_sha256") != hashes:
+            raise DataError("its manifest names other raw files")
+        if manifest.get("processed_sha256") != _file_hashes(work / name / "processed"):
+            raise DataError("its files differ from their manifest")
         with _quiet_pyg():
-            SafePlanetoid(str(tmp), name)
-        if work.exists():  # another process finished first
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, work)
+            data = SafePlanetoid(str(work), name)[0]
+        check_graph(data)
+        check_split(data)
+        return data
+    except Exception as exc:  # whatever is wrong, the cache is not trusted
+        shutil.rmtree(work, ignore_errors=True)
+        reason = str(exc) if isinstance(exc, DataError) else \
+            f"is unreadable ({exc.__class__.__name__})"
+        if rebuilt:
+            raise DataError(f"{name}: the freshly built cache in {work} fails its checks: "
+                            f"{reason}") from None
+        warnings.warn(f"{name}: processed cache in {work} was removed and rebuilt: {reason}",
+                      stacklevel=3)
+        return None
+
+
+def _process_into(work: Path, raw_dir: Path, name: str, hashes: dict[str, str]) -> None:
+    """Build the cache in a temporary folder (sanitised raw copies, PyG's processing,
+    structural checks, manifest) and rename it into place only when all of that succeeded."""
+    tmp = Path(tempfile.mkdtemp(dir=work.parent, prefix=f".{work.name}-"))
+    try:
+        sanitized_copy(raw_dir, tmp / name / "raw", name)
+        with _quiet_pyg():
+            data = SafePlanetoid(str(tmp), name)[0]
+        try:
+            check_graph(data)
+            check_split(data)
+        except DataError as exc:
+            raise DataError(f"raw files fail the structural checks: {exc}") from None
+        manifest = {"raw_sha256": hashes,
+                    "processed_sha256": _file_hashes(tmp / name / "processed")}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        if work.exists():
+            shutil.rmtree(work)
+        os.replace(tmp, work)
     except BaseException as exc:  # Ctrl-C and SIGTERM too: never leave a half-built folder
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, DataError):
@@ -373,8 +437,47 @@ def check_split(data: Data, expected_sizes: tuple[int, int, int] | None = None) 
                             f"split {tuple(expected_sizes)}")
 
 
+def check_graph(data: Data) -> None:
+    """Raise ``DataError`` unless the graph is well formed: 2-D float features with one row
+    per node, a ``[2, E]`` integer edge index whose ids lie in ``0..N-1``, and one integer
+    label per node in ``0..C-1`` with ``C <= N``."""
+    n = data.num_nodes
+    x, edge_index, y = data.x, data.edge_index, data.y
+    if not isinstance(x, Tensor) or x.dim() != 2 or x.size(0) != n or not x.is_floating_point():
+        raise DataError(f"graph: features must be a float [{n}, F] tensor, got "
+                        f"{_describe(x)}")
+    if not isinstance(edge_index, Tensor) or edge_index.dim() != 2 or edge_index.size(0) != 2 \
+            or edge_index.dtype != torch.long:
+        raise DataError(f"graph: edge_index must be a long [2, E] tensor, got "
+                        f"{_describe(edge_index)}")
+    if edge_index.numel() and (int(edge_index.min()) < 0 or int(edge_index.max()) >= n):
+        bad = int(edge_index.max()) if int(edge_index.max()) >= n else int(edge_index.min())
+        raise DataError(f"graph: edge_index holds node {bad}, outside 0..{n - 1}")
+    if not isinstance(y, Tensor) or y.dim() != 1 or y.numel() != n or y.dtype != torch.long:
+        raise DataError(f"graph: labels must be a long [{n}] tensor, got {_describe(y)}")
+    if n and (int(y.min()) < 0 or int(y.max()) >= n):
+        raise DataError(f"graph: labels must lie in 0..C-1 with C <= {n}, got "
+                        f"{int(y.min())}..{int(y.max())}")
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, Tensor):
+        return f"{value.dtype} {list(value.shape)}"
+    return type(value).__name__
+
+
 def num_classes(data: Data) -> int:
     return int(data.y.max()) + 1
+
+
+def check_data_config(cfg: DataConfig) -> None:
+    """The dataset name is one the loaders know, and a CSBM's parameters fit together."""
+    if cfg.name.lower() not in DATASETS:
+        raise ConfigError(f"data.name: unknown dataset {show(cfg.name)}"
+                          f"{did_you_mean(cfg.name.lower(), DATASETS)}; choose from "
+                          f"{', '.join(sorted(DATASETS.values()))}")
+    if cfg.name.lower() == "csbm":
+        check_csbm(cfg)
 
 
 def load_dataset(cfg: DataConfig) -> Data:
@@ -382,8 +485,6 @@ def load_dataset(cfg: DataConfig) -> Data:
     bag-of-words features (Planetoid, binary csbm); Gaussian csbm features are standardised by
     construction and left as they are."""
     if cfg.name.lower() == "csbm":
-        from gnn.synthetic import csbm
-
         data = csbm(cfg)
         if cfg.normalize_features and cfg.features == "binary":
             data = NormalizeFeatures()(data)

@@ -7,14 +7,23 @@ averages the gradients in backward, so the parameters stay identical on all rank
 evaluates (layer-wise inference) and broadcasts the logits, so every rank selects the same best
 epoch; only rank 0 prints and writes results.
 
+A rank never runs the destructors of its process group: after its outcome is written (result,
+error line) it leaves with ``os._exit`` (:func:`exit_rank`). Freeing DDP's reducer after a peer
+failed destroys ``ProcessGroupGloo``, whose destructor joins a gloo worker thread while the main
+thread holds the GIL; that worker, finishing a failed all-reduce, waits for the GIL to release
+its tensors: a deadlock seen in about one failed run in three. A failed rank's objects are
+therefore kept alive (:data:`_UNFREED`) until the process ends without freeing them.
+
 Launch with ``torchrun --nproc-per-node N -m gnn train ...`` (which sets ``RANK``,
 ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) or ``gnn train --distributed
 --nproc N``, which spawns N local processes that set the same variables.
 
 Environment read only here, for tests and debugging:
 
-- ``GNN_DIST_TIMEOUT_S``: process-group timeout in seconds (default: torch's, 30 min), how
-  long a rank waits in a collective for a peer that is gone before it fails;
+- ``GNN_DIST_TIMEOUT_S``: how long a rank waits in a collective for a peer that is gone
+  before it fails (seconds, default 1800, torch's);
+- ``GNN_DIST_RENDEZVOUS_TIMEOUT_S``: how long a rank waits for all ranks to join (seconds,
+  default 120), so an unreachable ``MASTER_ADDR`` fails in minutes, not half an hour;
 - ``GNN_TEST_RECORD_DIR``: every rank writes ``rank<r>.json`` there with the seed node ids it
   trained on in each epoch and a SHA-256 of its parameters after each epoch;
 - ``GNN_TEST_FAIL_RANK`` and ``GNN_TEST_FAIL_EPOCH``: that rank raises at the start of that
@@ -23,17 +32,21 @@ Environment read only here, for tests and debugging:
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import math
 import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -42,12 +55,23 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Sampler
 from torch_geometric.data import Data
 
-from gnn.config import Config, ConfigError
+from gnn.batching import SampledBatching
+from gnn.config import Config
 from gnn.data import load_dataset, num_classes
-from gnn.sampling import SampledBatching
-from gnn.training import TrainingError, fit, resolve_device
+from gnn.errors import ConfigError, Terminated, TrainingError
+from gnn.files import write_json
+from gnn.memory import StepPeaks
+from gnn.training import FitResult, fit, resolve_device
 
 ENV_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+DEFAULT_TIMEOUT_S = 1800.0  # torch's default for collectives
+DEFAULT_RENDEZVOUS_TIMEOUT_S = 120.0
+STOP_GRACE_S = 10.0  # how long the launcher waits for stopped ranks before SIGKILL
+
+# Objects of a failed rank (the exception, whose traceback holds the DDP reducer and so the
+# process group) that must not be freed before the process leaves through exit_rank.
+_UNFREED: list[BaseException] = []
+_joined = False  # whether this process joined a process group (then it leaves by exit_rank)
 
 
 @dataclass(frozen=True)
@@ -76,7 +100,34 @@ class DistEnv:
             raise ConfigError(f"distributed launch: bad rank variable ({exc})") from None
         if not 0 <= rank < world:
             raise ConfigError(f"distributed launch: RANK={rank} outside WORLD_SIZE={world}")
+        check_environment()
         return cls(rank, world, local, local_world)
+
+
+def env_seconds(name: str, default: float) -> float:
+    """A positive, finite number of seconds from the environment variable ``name``."""
+    text = os.environ.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0 < value <= 7 * 24 * 3600):
+        raise ConfigError(f"{name}: expected a number of seconds > 0 and <= 604800, "
+                          f"got {text[:40]!r}")
+    return value
+
+
+def check_environment() -> None:
+    """The job's variables that are set must be valid (checked by the launcher before it
+    starts any rank, and by every rank)."""
+    port = os.environ.get("MASTER_PORT")
+    if port is not None and (not port.isdigit() or not 1 <= int(port) <= 65535):
+        raise ConfigError(f"distributed launch: MASTER_PORT must be a port number 1..65535, "
+                          f"got {port[:40]!r}")
+    env_seconds("GNN_DIST_TIMEOUT_S", DEFAULT_TIMEOUT_S)
+    env_seconds("GNN_DIST_RENDEZVOUS_TIMEOUT_S", DEFAULT_RENDEZVOUS_TIMEOUT_S)
 
 
 def check_config(cfg: Config) -> None:
@@ -101,14 +152,31 @@ def process_group(env: DistEnv, device: torch.device) -> Iterator[torch.device]:
         if "OMP_NUM_THREADS" not in os.environ:  # torchrun sets 1; split the cores otherwise
             torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // env.local_world_size))
         backend, device_id = "gloo", None
-    timeout = os.environ.get("GNN_DIST_TIMEOUT_S")
-    dist.init_process_group(
-        backend, rank=env.rank, world_size=env.world_size, device_id=device_id,
-        timeout=datetime.timedelta(seconds=float(timeout)) if timeout else None)
+    global _joined
+    timeout = env_seconds("GNN_DIST_TIMEOUT_S", DEFAULT_TIMEOUT_S)
+    store = _rendezvous(env, env_seconds("GNN_DIST_RENDEZVOUS_TIMEOUT_S",
+                                         DEFAULT_RENDEZVOUS_TIMEOUT_S))
+    _joined = True
+    dist.init_process_group(backend, store=store, rank=env.rank, world_size=env.world_size,
+                            device_id=device_id, timeout=datetime.timedelta(seconds=timeout))
+    yield device
+    # Reached on success only: after a failure the group is left for exit_rank (see above).
+    dist.destroy_process_group()
+
+
+def _rendezvous(env: DistEnv, timeout_s: float) -> dist.TCPStore:
+    """The job's key-value store on ``MASTER_ADDR:MASTER_PORT`` (rank 0 hosts it), joined
+    within ``timeout_s``: torch's own wait would be the collective timeout, 30 minutes."""
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
     try:
-        yield device
-    finally:
-        dist.destroy_process_group()
+        return dist.TCPStore(host, port, env.world_size, is_master=env.rank == 0,
+                             timeout=datetime.timedelta(seconds=timeout_s),
+                             wait_for_workers=True)
+    except (RuntimeError, OSError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+        raise TrainingError(f"rank {env.rank}: rendezvous at {host}:{port} with "
+                            f"{env.world_size} ranks failed within {timeout_s:g} s "
+                            f"(GNN_DIST_RENDEZVOUS_TIMEOUT_S): {first[:200]}") from None
 
 
 class EpochShards(Sampler[list[int]]):
@@ -189,7 +257,8 @@ class DistributedSampledBatching(SampledBatching):
 
     @classmethod
     def for_rank(cls, cfg: Config, data: Data, device: torch.device, *, env: DistEnv,
-                 record: RankRecord | None = None) -> DistributedSampledBatching:
+                 record: RankRecord | None = None,
+                 meter: StepPeaks | None = None) -> DistributedSampledBatching:
         if device.type == "cuda":  # "cuda" means this rank's GPU, chosen by process_group
             device = torch.device("cuda", torch.cuda.current_device())
         shards = EpochShards(int(data.train_mask.sum()), env.world_size, env.rank,
@@ -197,7 +266,7 @@ class DistributedSampledBatching(SampledBatching):
         # Shards share the seed; neighbour sampling gets one stream per rank.
         return cls.from_config(cfg, data, device, seed=cfg.train.seed + env.rank,
                                batch_sampler=shards, transform=record, env=env, shards=shards,
-                               out_channels=num_classes(data), record=record)
+                               out_channels=num_classes(data), record=record, meter=meter)
 
     def wrap(self, model: nn.Module) -> nn.Module:
         ids = [self.device.index] if self.device.type == "cuda" else None
@@ -232,40 +301,61 @@ class DistributedSampledBatching(SampledBatching):
 
 
 def _maybe_inject_failure(rank: int, epoch: int) -> None:
+    """Test hook: ``GNN_TEST_FAIL_RANK`` raises (or, with ``GNN_TEST_FAIL_MODE=kill``, sends
+    itself SIGKILL) at the start of epoch ``GNN_TEST_FAIL_EPOCH``."""
     fail_rank, fail_epoch = os.environ.get("GNN_TEST_FAIL_RANK"), os.environ.get(
         "GNN_TEST_FAIL_EPOCH")
-    if fail_rank is not None and int(fail_rank) == rank and int(fail_epoch or 1) == epoch:
-        raise TrainingError(f"rank {rank}: injected failure at epoch {epoch} "
-                            "(GNN_TEST_FAIL_RANK)")
+    if fail_rank is None or int(fail_rank) != rank or int(fail_epoch or 1) != epoch:
+        return
+    if os.environ.get("GNN_TEST_FAIL_MODE") == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    raise TrainingError(f"rank {rank}: injected failure at epoch {epoch} (GNN_TEST_FAIL_RANK)")
 
 
-def train_rank(cfg: Config, env: DistEnv) -> dict[str, Any] | None:
-    """This rank's part of a distributed run: the full result record on rank 0, else None."""
-    from gnn.files import write_json
+def train_rank(cfg: Config, env: DistEnv) -> FitResult | None:
+    """This rank's part of a distributed run: the full result record on rank 0, else None.
 
+    Whatever stops the rank (an error, a failed peer, a signal) is re-raised after its
+    exception, and with it the DDP reducer and process group, is put in :data:`_UNFREED`,
+    so nothing frees them before :func:`exit_rank`."""
     check_config(cfg)
     if env.rank != 0:
         cfg = cfg.override({"train.progress": False})
     record_dir = os.environ.get("GNN_TEST_RECORD_DIR")
     record = RankRecord() if record_dir else None
-    with process_group(env, resolve_device(cfg.train.device)):
-        try:
+    try:
+        with process_group(env, resolve_device(cfg.train.device)):
             data = _load_once_per_machine(cfg, env)
             result = fit(cfg, data, batching=partial(DistributedSampledBatching.for_rank,
                                                      env=env, record=record))
             dist.barrier()  # every rank trained to the end before rank 0 reports
-        except RuntimeError as exc:
-            if not _collective_failed(exc):
-                raise
-            first = (str(exc).strip().splitlines() or [""])[0]
-            raise TrainingError(f"rank {env.rank}: a collective failed, another rank probably "
-                                f"stopped ({exc.__class__.__name__}: {first})") from None
+    except BaseException as exc:
+        _UNFREED.append(exc)
+        if not (isinstance(exc, RuntimeError) and _collective_failed(exc)):
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise TrainingError(f"rank {env.rank}: a collective failed, another rank probably "
+                            f"stopped ({exc.__class__.__name__}: {first})") from None
     if record is not None:
         write_json(Path(record_dir) / f"rank{env.rank}.json", record.__dict__)
     if env.rank != 0:
         return None
-    result["world_size"] = env.world_size
+    result.world_size = env.world_size
     return result
+
+
+def joined() -> bool:
+    """Whether this process joined a process group and must leave through :func:`exit_rank`."""
+    return _joined
+
+
+def exit_rank(code: int) -> None:
+    """End this rank now with ``code``, flushing output but running no destructor or exit
+    handler, so a process group left after a failure can never deadlock the exit."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
 
 
 def _collective_failed(exc: RuntimeError) -> bool:
@@ -289,44 +379,73 @@ def free_port() -> int:
 
 
 def launch_local(nproc: int, argv: Sequence[str], device: str) -> int:
-    """Run ``gnn <argv>`` as ``nproc`` ranks on this machine (like ``torchrun --standalone``).
-    A rank that fails makes the launcher stop the others; returns the first failure's code."""
-    import torch.multiprocessing as mp
-
+    """Run ``gnn <argv>`` as ``nproc`` rank processes on this machine (like ``torchrun
+    --standalone``: each is ``python -m gnn`` with the rank variables set). When one fails the
+    others get :data:`STOP_GRACE_S` to notice and exit, then are stopped; the launcher raises
+    :class:`RanksFailed` with the first failure's code. SIGINT/SIGTERM to the launcher are
+    passed on to every rank, and it returns only after all of them have ended."""
     if nproc < 1:
         raise ConfigError(f"--nproc: must be >= 1, got {nproc}")
     if device == "cuda" and nproc > torch.cuda.device_count():
         raise ConfigError(f"--nproc: {nproc} processes but {torch.cuda.device_count()} GPUs "
                           "(one GPU per rank)")
     port = os.environ.get("MASTER_PORT") or str(free_port())
+    ranks = [_start_rank(rank, nproc, port, argv) for rank in range(nproc)]
     try:
-        mp.start_processes(_local_rank_main, args=(nproc, port, list(argv)), nprocs=nproc,
-                           start_method="spawn")
-    except mp.ProcessExitedException as exc:
-        raise RanksFailed(f"rank {exc.error_index} exited with code {exc.exit_code}; the "
-                          "other ranks were stopped", exc.exit_code) from None
-    except mp.ProcessRaisedException as exc:  # its message ends with the rank's traceback
-        cause = ([line for line in str(exc).splitlines() if line.strip()] or ["?"])[-1]
-        raise RanksFailed(f"rank {exc.error_index} failed ({cause.strip()}); the other ranks "
-                          "were stopped", 1) from None
-    return 0
+        failed = _wait_for_first_failure(ranks)
+    except (KeyboardInterrupt, Terminated) as exc:
+        stop_ranks(ranks, signal.SIGINT if isinstance(exc, KeyboardInterrupt)
+                   else signal.SIGTERM)
+        raise
+    if failed is None:
+        return 0
+    _wait_all(ranks, STOP_GRACE_S)
+    stop_ranks(ranks, signal.SIGTERM)
+    code = ranks[failed].returncode
+    how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+    raise RanksFailed(f"rank {failed} {how}; the other ranks were stopped",
+                      code if code > 0 else 1)
+
+
+def _start_rank(rank: int, nproc: int, port: str, argv: Sequence[str]) -> subprocess.Popen:
+    env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(nproc),
+           "LOCAL_WORLD_SIZE": str(nproc), "MASTER_PORT": port}
+    env.setdefault("MASTER_ADDR", "127.0.0.1")
+    return subprocess.Popen([sys.executable, "-m", "gnn", *argv], env=env)
+
+
+def _wait_for_first_failure(ranks: Sequence[subprocess.Popen]) -> int | None:
+    """Poll until every rank succeeded (``None``) or one failed (its index)."""
+    while True:
+        codes = [r.poll() for r in ranks]
+        failed = [i for i, code in enumerate(codes) if code not in (None, 0)]
+        if failed:
+            return failed[0]
+        if all(code == 0 for code in codes):
+            return None
+        time.sleep(0.05)
+
+
+def _wait_all(ranks: Sequence[subprocess.Popen], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    for rank in ranks:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            rank.wait(max(0.0, deadline - time.monotonic()))
+
+
+def stop_ranks(ranks: Sequence[subprocess.Popen], signum: int) -> None:
+    """Send ``signum`` to the ranks still running and wait until every one has ended
+    (SIGKILL after :data:`STOP_GRACE_S`), so that no rank writes anything afterwards."""
+    for rank in ranks:
+        if rank.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                rank.send_signal(signum)
+    _wait_all(ranks, STOP_GRACE_S)
+    for rank in ranks:
+        if rank.poll() is None:
+            rank.kill()
+            rank.wait()
 
 
 class RanksFailed(TrainingError):
     """A rank of a local launch failed; ``exit_code`` is its code (2: bad input)."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-def _local_rank_main(local_rank: int, nproc: int, port: str, argv: list[str]) -> None:
-    from gnn.cli import main
-
-    os.environ.update({"RANK": str(local_rank), "LOCAL_RANK": str(local_rank),
-                       "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc),
-                       "MASTER_PORT": port})
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    code = main(argv)
-    if code:
-        raise SystemExit(code)

@@ -18,6 +18,7 @@ import ctypes
 import ctypes.util
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -197,3 +198,35 @@ class PeakWindow:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class StepPeaks:
+    """Peak memory of every training step of a run: each step is its own
+    :class:`PeakWindow`, so a whole-run window around them still sees the overall peak.
+
+    A full-batch epoch is one step (:meth:`step`); a sampled epoch has one step per
+    mini-batch, from fetching it (sampling included) to the request for the next one, after
+    the optimiser step (:meth:`batches`)."""
+
+    def __init__(self, device: torch.device | str) -> None:
+        self.probe = probe_for(device)
+        self.peaks: list[int] = []
+
+    @contextlib.contextmanager
+    def step(self) -> Iterator[None]:
+        with PeakWindow(self.probe) as window:
+            yield
+        self.peaks.append(window.peak)
+
+    def batches(self, loader: Iterable[Any]) -> Iterator[Any]:
+        """Iterate ``loader`` with one window per batch."""
+        batches = iter(loader)
+        while True:
+            window = PeakWindow(self.probe).start()
+            try:
+                batch = next(batches)
+            except StopIteration:
+                window.stop()
+                return
+            yield batch
+            self.peaks.append(window.stop())

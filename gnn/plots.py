@@ -1,4 +1,5 @@
-"""The bench's two figures, rendered off-screen (Agg) to PNG bytes for an atomic write.
+"""Every figure the project draws: the bench's two (accuracy vs latency, learning curves) and
+``gnn scale``'s cost curves, rendered off-screen (Agg) to PNG bytes for an atomic write.
 
 Figures are built with ``matplotlib.figure.Figure`` and an Agg canvas, never ``pyplot``, so no
 display, global state or backend switch is involved (safe in tests and on headless machines).
@@ -8,16 +9,15 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+from matplotlib.ticker import FormatStrFormatter, FuncFormatter, LogLocator, NullFormatter
 
-if TYPE_CHECKING:
-    from gnn.report import Summary
+from gnn.report import ACCURACY_PNG, CURVES_PNG, Summary, pareto_front
+from gnn.scale import ScaleRow
 
 
 def _colors(n: int) -> list[tuple[float, ...]]:
@@ -82,6 +82,13 @@ def _mean_band(curves: list[list[float]]) -> tuple[np.ndarray, np.ndarray]:
     return stacked.mean(axis=0), stacked.std(axis=0)
 
 
+def _evaluated_epochs(s: Summary, length: int) -> np.ndarray:
+    """The epochs the history's entries belong to (every ``eval_every``-th and the last), from
+    the rows' own ``history.epoch``; 1..n for rows recorded without it."""
+    epochs = s.rows[0]["history"].get("epoch")
+    return np.asarray(epochs[:length] if epochs else range(1, length + 1), dtype=float)
+
+
 def learning_curves_png(summaries: Sequence[Summary]) -> bytes:
     """Training loss and validation accuracy per epoch: mean line and ± std band over seeds,
     one line per model x device."""
@@ -91,7 +98,7 @@ def learning_curves_png(summaries: Sequence[Summary]) -> bytes:
     for s, color in zip(summaries, _colors(len(summaries)), strict=True):
         for ax, key in ((loss_ax, "train_loss"), (val_ax, "val_acc")):
             mean, std = _mean_band([row["history"][key] for row in s.rows])
-            epochs = np.arange(1, len(mean) + 1)
+            epochs = _evaluated_epochs(s, len(mean))
             ax.plot(epochs, mean, color=color, linewidth=1.4, label=f"{s.label} (n={s.runs})")
             ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
             if key == "train_loss":
@@ -108,3 +115,50 @@ def learning_curves_png(summaries: Sequence[Summary]) -> bytes:
     val_ax.legend(fontsize=8, loc="lower right")
     fig.suptitle(f"{_dataset(summaries)}: learning curves (mean and ± std band over seeds)")
     return _png(fig)
+
+
+def bench_figures(summaries: Sequence[Summary]) -> dict[str, bytes]:
+    """The bench's figures, by file name."""
+    return {ACCURACY_PNG: accuracy_vs_latency_png(summaries, pareto_front(summaries)),
+            CURVES_PNG: learning_curves_png(summaries)}
+
+
+def scale_png(rows: Sequence[ScaleRow], budget_gib: float) -> bytes:
+    """Log-log time per epoch and memory against nodes, one colour per model; models skipped
+    for the budget are drawn at their predicted memory as crosses."""
+    fig = Figure(figsize=(11, 4.2))
+    ax_t, ax_m = fig.subplots(1, 2)
+    models = list(dict.fromkeys(r.model for r in rows))
+    for model, color in zip(models, _colors(len(models)), strict=True):
+        ok = [r for r in rows if r.model == model and r.status == "ok"]
+        skipped = [r for r in rows if r.model == model and r.status != "ok"]
+        xs = [r.num_nodes for r in ok]
+        ax_t.plot(xs, [r.epoch_s for r in ok], "o-", color=color, label=model)
+        ax_m.plot(xs, [r.step_peak_gib for r in ok], "o-", color=color,
+                  label=f"{model}: per training step")
+        ax_m.plot(xs, [r.run_peak_gib for r in ok], "s:", color=color, alpha=0.6,
+                  label=f"{model}: whole run")
+        if skipped:
+            ax_m.plot([r.num_nodes for r in skipped], [r.predicted_gib for r in skipped], "x",
+                      color=color, markersize=9,
+                      label=f"{model}: skipped, predicted (budget {budget_gib:g} GiB)")
+    for ax, title, ylabel in ((ax_t, "time per training epoch", "seconds"),
+                              (ax_m, "peak memory above the loaded graph", "GiB")):
+        _scale_axes(ax, title, ylabel)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _scale_axes(ax: Axes, title: str, ylabel: str) -> None:
+    if any(line.get_xydata()[:, 1].max(initial=0) > 0 for line in ax.get_lines()):
+        ax.set_xscale("log")
+        ax.set_yscale("log", nonpositive="mask")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    else:
+        ax.text(0.5, 0.5, "nothing measured", ha="center", transform=ax.transAxes)
+    ax.set_xlabel("nodes (average degree fixed)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)

@@ -1,5 +1,7 @@
-"""The bench report, derived only from the recorded rows: ``summary.md``, ``recommendation.md``,
-the two plots and the terminal table.
+"""Every table the project writes: the bench report (``summary.md``, ``recommendation.md``,
+the terminal table) derived only from the recorded rows, and ``gnn scale``'s ``scale.md`` and
+``scale.csv``. Figures are drawn by :mod:`gnn.plots`; :func:`write_files` writes a report's
+files together.
 
 Nothing here names a particular model: every sentence is computed from the numbers by the rules
 written at the top of ``recommendation.md``, so a different graph or machine gives a different,
@@ -8,17 +10,22 @@ still justified, answer.
 
 from __future__ import annotations
 
+import csv
+import dataclasses
+import io
 import math
 import platform
 import statistics
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gnn.files import atomic_write_bytes
+from gnn.config import Config
+from gnn.files import atomic_write_many
+from gnn.scale import ScaleRow
 
 SUMMARY_MD, RECOMMENDATION_MD = "summary.md", "recommendation.md"
 ACCURACY_PNG, CURVES_PNG = "accuracy_vs_latency.png", "learning_curves.png"
@@ -368,20 +375,74 @@ def machine_meta(command: str, devices: Sequence[str]) -> dict[str, Any]:
     return meta
 
 
-def write_report(rows: Sequence[dict[str, Any]], out: Path, meta: dict[str, Any],
-                 budget: float | None = None) -> tuple[list[Path], str]:
-    """Write the four report files into ``out``; returns their paths and the terminal table."""
-    from gnn.plots import accuracy_vs_latency_png, learning_curves_png
+def bench_documents(summaries: Sequence[Summary], meta: dict[str, Any],
+                    budget: float | None = None) -> dict[str, bytes]:
+    """The bench's two markdown files, by file name."""
+    return {SUMMARY_MD: summary_markdown(summaries, meta).encode(),
+            RECOMMENDATION_MD: recommendation_markdown(summaries, budget).encode()}
 
-    summaries = summarize(rows)
-    outputs = {
-        SUMMARY_MD: summary_markdown(summaries, meta).encode(),
-        RECOMMENDATION_MD: recommendation_markdown(summaries, budget).encode(),
-        ACCURACY_PNG: accuracy_vs_latency_png(summaries, pareto_front(summaries)),
-        CURVES_PNG: learning_curves_png(summaries),
-    }
-    paths = []
-    for name, payload in outputs.items():
-        atomic_write_bytes(out / name, payload)
-        paths.append(out / name)
-    return paths, terminal_table(summaries)
+
+def write_files(out: Path, files: Mapping[str, bytes]) -> list[Path]:
+    """Write a report's files into ``out`` all together: each is complete, and if one cannot be
+    written (a full disk) none of them is replaced."""
+    paths = {out / name: payload for name, payload in files.items()}
+    atomic_write_many(paths)
+    return list(paths)
+
+
+# --------------------------------------------------------------------------------------------
+# gnn scale
+
+
+def _fmt(value: float, spec: str) -> str:
+    return "" if isinstance(value, float) and math.isnan(value) else format(value, spec)
+
+
+def scale_csv(rows: Sequence[ScaleRow]) -> str:
+    """``scale.csv``: one line per model and size, every field of :class:`ScaleRow`."""
+    buffer = io.StringIO()
+    names = [f.name for f in dataclasses.fields(ScaleRow)]
+    writer = csv.DictWriter(buffer, fieldnames=names, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v
+                         for k, v in dataclasses.asdict(row).items()})
+    return buffer.getvalue()
+
+
+def scale_markdown(rows: Sequence[ScaleRow], budget_gib: float, cfg: Config,
+                   meta: Mapping[str, Any]) -> str:
+    """``scale.md``: the setting (graph family, training, machine) and one table row per
+    model and size; ``meta`` gives ``threads``, ``torch``, ``machine`` and ``memory``."""
+    d = cfg.data
+    lines = [
+        "# gnn scale", "",
+        f"CSBM graphs: {d.num_classes} classes, average degree {d.avg_degree:g}, homophily "
+        f"{d.homophily:g}, {d.num_features} {d.features} features (signal "
+        f"{d.feature_signal:g}), {d.train_per_class} training nodes per class, graph seed "
+        f"{d.graph_seed}. {cfg.train.epochs} epochs, lr {cfg.train.lr:g}, device "
+        f"{cfg.train.device}, {meta['threads']} threads, torch {meta['torch']}, "
+        f"{meta['machine']}. Memory budget {budget_gib:g} GiB; memory measured as "
+        f"{meta['memory']}.",
+        "",
+        "Each model trains for the epoch budget and is evaluated once, after it (full-graph "
+        "evaluation: layer-wise for sampled models). "
+        "epoch: median training time per epoch (evaluation excluded). step peak: peak memory "
+        "above the level before the step, for one training step (a sampled model: one "
+        "mini-batch, sampling included; full-batch: one epoch). run peak: the same over the "
+        "whole run (all epochs and every full-graph evaluation). predicted: what the run "
+        "allocates beyond the graph, predicted from sizes before allocating (compare with run "
+        "peak); a model is skipped when graph + predicted exceeds the budget. fit: wall time "
+        "of the run, evaluations included.",
+        "",
+        "| model | nodes | edges | status | epoch (s) | step peak (GiB) | run peak (GiB) "
+        "| predicted (GiB) | graph (GiB) | test acc | fit (s) |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.model} | {r.num_nodes:,} | {r.num_edges:,} | {r.status} | "
+            f"{_fmt(r.epoch_s, '.3f')} | {_fmt(r.step_peak_gib, '.4f')} | "
+            f"{_fmt(r.run_peak_gib, '.3f')} | {r.predicted_gib:.3f} | {r.graph_gib:.3f} | "
+            f"{_fmt(r.test_acc, '.3f')} | {_fmt(r.fit_s, '.1f')} |")
+    return "\n".join(lines) + "\n"

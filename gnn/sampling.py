@@ -14,20 +14,17 @@ reached in the previous hop, and without replacement a node of in-degree ``d`` g
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import Sampler
 from torch_geometric.data import Data
 from torch_geometric.loader import NeighborLoader
 from torch_geometric.sampler import BaseSampler, NodeSamplerInput, SamplerOutput
 
-from gnn.config import Config, ConfigError
-from gnn.training import Batching
+from gnn.errors import ConfigError
 
 
 def pyg_sampler_available() -> bool:
@@ -251,70 +248,3 @@ def make_neighbor_loader(data: Data, num_neighbors: Sequence[int], *, batch_size
     return NeighborLoader(data, list(num_neighbors), input_nodes=input_nodes,
                           batch_size=batch_size, shuffle=shuffle, replace=replace,
                           neighbor_sampler=sampler, **kwargs)
-
-
-@dataclass
-class SampledBatching(Batching):
-    """Mini-batch training on sampled subgraphs; evaluation without sampling noise
-    (layer-wise full-graph inference) or with it (``sampler.inference: sampled``)."""
-
-    data: Data
-    train_loader: NeighborLoader
-    eval_loader: NeighborLoader
-    layerwise: bool
-    trim: bool
-    device: torch.device
-    inference_dtype: str = "float32"
-
-    @classmethod
-    def from_config(cls, cfg: Config, data: Data, device: torch.device, *,
-                    seed: int | None = None, batch_sampler: Sampler[list[int]] | None = None,
-                    transform: Callable[[Data], Data] | None = None,
-                    **fields: Any) -> SampledBatching:
-        """Loaders as configured. A distributed run passes its rank's ``seed`` for neighbour
-        sampling and a ``batch_sampler`` over the training seeds (positions in the train mask);
-        ``transform`` sees every training batch; ``fields`` fill a subclass's own fields."""
-        sc = cfg.sampler
-        graph = Data(x=data.x, edge_index=data.edge_index, y=data.y, num_nodes=data.num_nodes)
-        if device.type != "cpu":
-            graph = graph.to(device)  # sample and gather features where the model runs
-        common = {"backend": sc.backend, "seed": cfg.train.seed if seed is None else seed,
-                  "replace": sc.replace}
-        batches: dict[str, Any] = ({"batch_size": sc.batch_size, "shuffle": True}
-                                   if batch_sampler is None else {"batch_sampler": batch_sampler})
-        train_loader = make_neighbor_loader(graph, sc.fanout, input_nodes=data.train_mask,
-                                            transform=transform, **batches, **common)
-        layerwise = sc.inference == "layerwise"
-        eval_loader = make_neighbor_loader(graph, [-1] if layerwise else sc.fanout,
-                                           batch_size=sc.inference_batch_size, **common)
-        return cls(graph, train_loader, eval_loader, layerwise, sc.trim, device,
-                   inference_dtype=cfg.train.inference_dtype, **fields)
-
-    def train_epoch(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> float:
-        model.train()
-        total_loss, total_seeds = 0.0, 0
-        for batch in self.train_loader:
-            batch = batch.to(self.device)
-            optimizer.zero_grad(set_to_none=True)
-            kwargs = {}
-            if self.trim and "num_sampled_nodes" in batch:  # torch-sparse reports no hops
-                kwargs = {"num_sampled_nodes_per_hop": batch.num_sampled_nodes,
-                          "num_sampled_edges_per_hop": batch.num_sampled_edges}
-            out = model(batch.x, batch.edge_index, **kwargs)[:batch.batch_size]
-            loss = F.cross_entropy(out, batch.y[:batch.batch_size])
-            loss.backward()
-            optimizer.step()
-            total_loss += loss.item() * batch.batch_size
-            total_seeds += batch.batch_size
-        return total_loss / max(total_seeds, 1)
-
-    def predict(self, model: nn.Module) -> Tensor:
-        from gnn.training import inference_context
-
-        model.eval()
-        with torch.inference_mode(), inference_context(self.device, self.inference_dtype):
-            if self.layerwise:
-                return layerwise_inference(model, self.eval_loader).float()
-            outs = [model(b.x.to(self.device), b.edge_index.to(self.device))[:b.batch_size]
-                    for b in self.eval_loader]
-            return torch.cat(outs).float()

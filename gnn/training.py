@@ -1,38 +1,45 @@
 """Training: one loop for every model, full-batch or on sampled mini-batches.
 
-Adam with weight decay, cross-entropy on training nodes only, validation every epoch, model
-selection on the best validation accuracy. The test mask is read once, at the end, with the
-selected weights.
+Adam with weight decay, cross-entropy on training nodes only, validation every
+``train.eval_every`` epochs, model selection on the best validation accuracy. The test mask is
+read once, at the end, with the selected weights. :func:`fit` reads top to bottom as four
+steps: :func:`prepare` (device, data view, seed, model, optimiser, batching), :func:`train_loop`
+(epochs and model selection), :func:`final_logits` (the selected weights on the full graph) and
+:func:`make_result` (the typed :class:`FitResult`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import platform
 import random
 import time
-import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import torch_geometric
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
-from gnn.config import Config, ConfigError
-from gnn.data import load_dataset, num_classes, training_view
+from gnn.batching import Batching, BatchingFactory, make_batching
+from gnn.config import Config
+from gnn.data import check_data_config, load_dataset, num_classes, training_view
+from gnn.errors import ConfigError, TrainingError
+from gnn.memory import StepPeaks
 from gnn.metrics import classification_metrics
-from gnn.models import build_model, count_parameters
+from gnn.models import build_model, check_model_config, count_parameters
 from gnn.timing import Timer, synchronize
 
 
-class TrainingError(RuntimeError):
-    """Training cannot go on (for example a non-finite loss)."""
+def check_config(cfg: Config) -> Config:
+    """Names and combinations that need the registries (model, dataset, sampling), checked
+    before any work; returns ``cfg`` for chaining."""
+    check_model_config(cfg)
+    check_data_config(cfg.data)
+    return cfg
 
 
 def set_seed(seed: int) -> None:
@@ -53,201 +60,213 @@ def versions() -> dict[str, str]:
             "torch_geometric": torch_geometric.__version__}
 
 
-def node_features(data: Data, cfg: Config) -> Tensor:
-    """Features as the first layer will read them: CSR when sparse enough and allowed. ``auto``
-    picks CSR on the CPU only: on a GPU the dense product is one fast GEMM, and cuSPARSE made
-    the MLP forward on Cora 1.3x slower than the dense reference (H200, measured)."""
-    x = data.x
-    mode = cfg.data.sparse_features
-    if cfg.sampler.enabled or mode == "never":
-        return x
-    if mode == "auto" and cfg.train.device != "cpu":
-        return x
-    density = float(torch.count_nonzero(x)) / max(x.numel(), 1)
-    if mode == "always" or (cfg.model.fast and density < 0.1):
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-            return x.to_sparse_csr()
-    return x
-
-
-def inference_context(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
-    """``torch.autocast`` in ``dtype`` for evaluation, or nothing for float32."""
-    if dtype == "float32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=getattr(torch, dtype))
-
-
-class Batching(Protocol):
-    """How an epoch feeds the model: the whole graph at once, or sampled mini-batches (on one
-    process, or on this rank's share of the seeds in a distributed run)."""
-
-    def wrap(self, model: nn.Module) -> nn.Module:
-        """The module that training calls: the model itself, or e.g. a DDP wrapper of it."""
-        return model
-
-    def train_epoch(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> float: ...
-
-    def predict(self, model: nn.Module) -> Tensor: ...
-
-
-BatchingFactory = Callable[[Config, Data, torch.device], Batching]
-
-
-@dataclass
-class FullBatch(Batching):
-    x: Tensor
-    edge_index: Tensor
-    y: Tensor
-    train_mask: Tensor
-    inference_dtype: str = "float32"
-
-    def train_epoch(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> float:
-        model.train()
-        optimizer.zero_grad(set_to_none=True)
-        out = model(self.x, self.edge_index)
-        loss = F.cross_entropy(out[self.train_mask], self.y[self.train_mask])
-        loss.backward()
-        optimizer.step()
-        return loss.item()
-
-    def predict(self, model: nn.Module) -> Tensor:
-        model.eval()
-        with torch.inference_mode(), inference_context(self.x.device, self.inference_dtype):
-            return model(self.x, self.edge_index).float()
-
-
-def make_batching(cfg: Config, data: Data, device: torch.device) -> Batching:
-    if cfg.sampler.enabled:
-        from gnn.sampling import SampledBatching
-
-        return SampledBatching.from_config(cfg, data, device)
-    return FullBatch(node_features(data, cfg).to(device), data.edge_index.to(device),
-                     data.y.to(device), data.train_mask.to(device), cfg.train.inference_dtype)
-
-
 @dataclass
 class History:
+    """What each evaluated epoch looked like (``epoch`` says which epochs were evaluated)."""
+
     epoch: list[int] = field(default_factory=list)
     train_loss: list[float] = field(default_factory=list)
     train_acc: list[float] = field(default_factory=list)
     val_acc: list[float] = field(default_factory=list)
 
 
-def fit(cfg: Config, data: Data | None = None,
-        on_epoch: Callable[[int, float, float], None] | None = None,
-        batching: BatchingFactory = make_batching,
-        on_batching: Callable[[Batching], Batching] | None = None) -> dict[str, Any]:
-    """Train one model as configured and return the full result record.
+def _in_memory() -> Any:
+    """Field metadata: kept on the result, left out of its JSON record."""
+    return field(default=None, repr=False, compare=False, metadata={"record": False})
 
-    ``batching`` builds how epochs feed the model (``gnn.distributed`` passes its per-rank
-    one); ``on_batching`` may wrap it (``gnn scale`` measures memory per batch that way).
-    With ``data.split_mode: inductive`` training and validation run on
-    :func:`gnn.data.training_view` (no test node, no edge touching one); the full graph is
-    handed to the model only for the final evaluation. Validation (and ``on_epoch``) runs
-    every ``train.eval_every`` epochs and after the last.
-    """
+
+@dataclass
+class FitResult:
+    """Everything one training run produced: the JSON record (:meth:`to_record`) and, in
+    memory only, the trained model (selected weights) and the data it was trained on."""
+
+    model: str
+    dataset: str
+    seed: int
+    device: str
+    sampled: bool
+    split_mode: str
+    num_nodes: int
+    num_edges: int
+    train_graph_nodes: int
+    train_graph_edges: int
+    num_params: int
+    epochs: int
+    best_epoch: int
+    train_acc: float
+    val_acc: float
+    test_acc: float
+    train_macro_f1: float
+    val_macro_f1: float
+    test_macro_f1: float
+    total_train_time_s: float
+    train_loop_time_s: float
+    epoch_times_s: list[float]
+    history: History
+    config: dict[str, Any]
+    versions: dict[str, str]
+    threads: int
+    timestamp: str
+    world_size: int = 1
+    trained: nn.Module | None = _in_memory()
+    data: Data | None = _in_memory()
+
+    def to_record(self) -> dict[str, Any]:
+        """The JSON-ready record (``gnn train --json``, a row of ``gnn bench``)."""
+        record = {f.name: getattr(self, f.name) for f in fields(self)
+                  if f.metadata.get("record", True)}
+        record["history"] = asdict(self.history)
+        return record
+
+    def summary_line(self) -> str:
+        return (f"{self.model:<14} {self.dataset} seed={self.seed} split={self.split_mode} "
+                f"device={self.device} test_acc={self.test_acc:.4f} "
+                f"test_macro_f1={self.test_macro_f1:.4f} "
+                f"total_train_time_s={self.total_train_time_s:.3f} "
+                f"train_loop_time_s={self.train_loop_time_s:.3f}"
+                + (f" world_size={self.world_size}" if self.world_size > 1 else ""))
+
+
+@dataclass
+class Setup:
+    """A run ready to train: the model, its optimiser, and how epochs feed it."""
+
+    device: torch.device
+    data: Data  # the whole graph
+    seen: Data  # what training sees (the inductive view, or the whole graph)
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    feed: Batching
+    forward_model: nn.Module  # the model as training calls it (DDP, compiled)
+
+
+@dataclass
+class Selection:
+    """The training loop's outcome: history, timings and the selected (best) epoch."""
+
+    history: History = field(default_factory=History)
+    best_val: float = -1.0
+    best_epoch: int = 0
+    best_state: dict[str, Tensor] | None = None
+    best_logits: Tensor | None = None  # set while the best epoch is the last one evaluated
+    loop_timer: Timer | None = None
+    total_time: float = 0.0
+
+
+def prepare(cfg: Config, data: Data | None, batching: BatchingFactory,
+            meter: StepPeaks | None) -> Setup:
+    """Device, data (the inductive view when asked for), seed, model, optimiser, batching."""
     device = resolve_device(cfg.train.device)
     if data is None:
         data = load_dataset(cfg.data)
-    inductive = cfg.data.split_mode == "inductive"
-    seen = training_view(data) if inductive else data
+    seen = training_view(data) if cfg.data.split_mode == "inductive" else data
     set_seed(cfg.train.seed)
     model = build_model(cfg.model, data.num_features, num_classes(data)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr,
                                  weight_decay=cfg.train.weight_decay)
-    feed = batching(cfg, seen, device)
-    if on_batching is not None:
-        feed = on_batching(feed)
+    feed = batching(cfg, seen, device, meter=meter)
     forward_model = feed.wrap(model)
     if cfg.train.compile:
         forward_model = torch.compile(forward_model)
-    y = seen.y.to(device)
-    train_mask, val_mask = seen.train_mask.to(device), seen.val_mask.to(device)
+    return Setup(device, data, seen, model, optimizer, feed, forward_model)
 
-    history = History()
-    best_val, best_epoch, best_state = -1.0, 0, None
-    last_logits: Tensor | None = None
-    loop_timer = Timer(device)
-    total_timer = Timer(device).start()
-    epochs = range(1, cfg.train.epochs + 1)
-    if cfg.train.progress:
-        from tqdm.auto import tqdm
 
-        epochs = tqdm(epochs, desc=f"{cfg.model.name} seed {cfg.train.seed}", leave=False)
-    for epoch in epochs:
-        with loop_timer:
-            loss = feed.train_epoch(forward_model, optimizer)
+def train_loop(cfg: Config, run: Setup,
+               on_epoch: Callable[[int, float, float], None] | None = None) -> Selection:
+    """Train for ``train.epochs``; evaluate every ``eval_every`` epochs and after the last,
+    keeping the weights of the best validation accuracy."""
+    y = run.seen.y.to(run.device)
+    train_mask, val_mask = run.seen.train_mask.to(run.device), run.seen.val_mask.to(run.device)
+    sel = Selection(loop_timer=Timer(run.device))
+    total_timer = Timer(run.device).start()
+    for epoch in _epochs(cfg):
+        with sel.loop_timer:
+            loss = run.feed.train_epoch(run.forward_model, run.optimizer)
         if not math.isfinite(loss):
             raise TrainingError(f"non-finite loss ({loss}) at epoch {epoch}")
         if epoch % cfg.train.eval_every and epoch != cfg.train.epochs:
             continue
-        logits = feed.predict(forward_model)
+        logits = run.feed.predict(run.forward_model)
         pred = logits.argmax(dim=-1)
-        train_acc = float((pred[train_mask] == y[train_mask]).float().mean())
         val_acc = float((pred[val_mask] == y[val_mask]).float().mean())
-        history.epoch.append(epoch)
-        history.train_loss.append(loss)
-        history.train_acc.append(train_acc)
-        history.val_acc.append(val_acc)
-        if val_acc > best_val:
-            best_val, best_epoch = val_acc, epoch
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        last_logits = logits if best_epoch == epoch else None
+        _log(sel.history, epoch, loss, float((pred[train_mask] == y[train_mask]).float().mean()),
+             val_acc)
+        if val_acc > sel.best_val:
+            sel.best_val, sel.best_epoch = val_acc, epoch
+            sel.best_state = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+        sel.best_logits = logits if sel.best_epoch == epoch else None
         if on_epoch is not None:
             on_epoch(epoch, loss, val_acc)
-    synchronize(device)
-    total_time = total_timer.stop()
-
-    assert best_state is not None
-    model.load_state_dict(best_state)
-    if inductive:  # test nodes and their edges appear now, for evaluation only
-        del feed, last_logits
-        feed = batching(cfg, data, device)
-        y = data.y.to(device)
-        train_mask, val_mask = data.train_mask.to(device), data.val_mask.to(device)
-        logits = feed.predict(forward_model)
-    else:  # the last evaluation already used the selected weights: no need to repeat it
-        logits = last_logits if last_logits is not None else feed.predict(forward_model)
-    result: dict[str, Any] = {
-        "model": cfg.model.name, "dataset": data.name, "seed": cfg.train.seed,
-        "device": str(device), "sampled": cfg.sampler.enabled,
-        "split_mode": cfg.data.split_mode,
-        "num_nodes": int(data.num_nodes), "num_edges": int(data.num_edges),
-        "train_graph_nodes": int(seen.num_nodes), "train_graph_edges": int(seen.num_edges),
-        "num_params": count_parameters(model), "epochs": cfg.train.epochs,
-        "best_epoch": best_epoch,
-    }
-    for split, mask in (("train", train_mask), ("val", val_mask),
-                        ("test", data.test_mask.to(device))):
-        metrics = classification_metrics(logits[mask], y[mask])
-        result[f"{split}_acc"] = metrics["acc"]
-        result[f"{split}_macro_f1"] = metrics["macro_f1"]
-    result.update({
-        "total_train_time_s": total_time,
-        "train_loop_time_s": loop_timer.total,
-        "epoch_times_s": loop_timer.laps,
-        "history": history.__dict__,
-        "config": cfg.to_dict(),
-        "versions": versions(),
-        "threads": torch.get_num_threads(),
-        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    })
-    result["_model"] = model  # stripped before writing; lets callers reuse the trained model
-    result["_data"] = data  # what the model was trained on (checkpoints store its identity)
-    return result
+    synchronize(run.device)
+    sel.total_time = total_timer.stop()
+    return sel
 
 
-def summary_line(result: dict[str, Any]) -> str:
-    return (f"{result['model']:<14} {result['dataset']} seed={result['seed']} "
-            f"split={result['split_mode']} device={result['device']} "
-            f"test_acc={result['test_acc']:.4f} "
-            f"test_macro_f1={result['test_macro_f1']:.4f} "
-            f"total_train_time_s={result['total_train_time_s']:.3f} "
-            f"train_loop_time_s={result['train_loop_time_s']:.3f}"
-            + (f" world_size={result['world_size']}" if "world_size" in result else ""))
+def _epochs(cfg: Config) -> Any:
+    epochs = range(1, cfg.train.epochs + 1)
+    if not cfg.train.progress:
+        return epochs
+    from tqdm.auto import tqdm
+
+    return tqdm(epochs, desc=f"{cfg.model.name} seed {cfg.train.seed}", leave=False)
 
 
-def public_record(result: dict[str, Any]) -> dict[str, Any]:
-    """The result without in-memory objects, ready for JSON."""
-    return {k: v for k, v in result.items() if not k.startswith("_")}
+def _log(history: History, epoch: int, loss: float, train_acc: float, val_acc: float) -> None:
+    history.epoch.append(epoch)
+    history.train_loss.append(loss)
+    history.train_acc.append(train_acc)
+    history.val_acc.append(val_acc)
+
+
+def final_logits(cfg: Config, run: Setup, sel: Selection, batching: BatchingFactory) -> Tensor:
+    """Logits of the selected weights for every node of the whole graph. Transductive: the
+    best epoch's own evaluation when it was the last one; inductive: test nodes and their
+    edges reach the model only now."""
+    assert sel.best_state is not None
+    run.model.load_state_dict(sel.best_state)
+    if cfg.data.split_mode == "inductive":
+        run.feed = batching(cfg, run.data, run.device)
+        return run.feed.predict(run.forward_model)
+    if sel.best_logits is not None:
+        return sel.best_logits
+    return run.feed.predict(run.forward_model)
+
+
+def make_result(cfg: Config, run: Setup, sel: Selection, logits: Tensor) -> FitResult:
+    """Metrics on the three splits of the whole graph, plus what the run was."""
+    data, device = run.data, run.device
+    y = data.y.to(device)
+    metrics = {}
+    for split in ("train", "val", "test"):
+        mask = getattr(data, f"{split}_mask").to(device)
+        scores = classification_metrics(logits[mask], y[mask])
+        metrics[f"{split}_acc"], metrics[f"{split}_macro_f1"] = scores["acc"], scores["macro_f1"]
+    assert sel.loop_timer is not None
+    return FitResult(
+        model=cfg.model.name, dataset=str(getattr(data, "name", None)), seed=cfg.train.seed,
+        device=str(device), sampled=cfg.sampler.enabled, split_mode=cfg.data.split_mode,
+        num_nodes=int(data.num_nodes), num_edges=int(data.num_edges),
+        train_graph_nodes=int(run.seen.num_nodes), train_graph_edges=int(run.seen.num_edges),
+        num_params=count_parameters(run.model), epochs=cfg.train.epochs,
+        best_epoch=sel.best_epoch, **metrics, total_train_time_s=sel.total_time,
+        train_loop_time_s=sel.loop_timer.total, epoch_times_s=sel.loop_timer.laps,
+        history=sel.history, config=cfg.to_dict(), versions=versions(),
+        threads=torch.get_num_threads(), timestamp=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        trained=run.model, data=data)
+
+
+def fit(cfg: Config, data: Data | None = None, *, batching: BatchingFactory = make_batching,
+        meter: StepPeaks | None = None,
+        on_epoch: Callable[[int, float, float], None] | None = None) -> FitResult:
+    """Train one model as configured and return its :class:`FitResult`.
+
+    ``batching`` builds how epochs feed the model (``gnn.distributed`` passes its per-rank
+    one); ``meter`` records the peak memory of every training step (``gnn scale``);
+    ``on_epoch(epoch, loss, val_acc)`` is told of every evaluated epoch. With
+    ``data.split_mode: inductive`` training and validation run on
+    :func:`gnn.data.training_view` (no test node, no edge touching one).
+    """
+    run = prepare(cfg, data, batching, meter)
+    selection = train_loop(cfg, run, on_epoch)
+    logits = final_logits(cfg, run, selection, batching)
+    return make_result(cfg, run, selection, logits)

@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 
 from gnn import bench
 from gnn.cli import main
+from gnn.config import config_names, shipped_models
 from gnn.report import compare_to_best, pareto_front, recommendation_markdown, summarize, welch
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -59,7 +61,7 @@ def quick(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pa
 
 def test_quick_writes_every_file(quick: tuple[Path, str, str]) -> None:
     out, stdout, stderr = quick
-    models = bench.default_models(bench.default_configs_dir())
+    models = shipped_models()
     runs = len(models) * bench.QUICK_SEEDS
     for name in ("runs.jsonl", "runs.csv", *REPORT_FILES):
         assert (out / name).stat().st_size > 0, name
@@ -98,7 +100,7 @@ def test_quick_plots_are_valid_pngs(quick: tuple[Path, str, str]) -> None:
 def test_quick_markdown_reports(quick: tuple[Path, str, str]) -> None:
     out, _, _ = quick
     summary = (out / "summary.md").read_text()
-    for model in bench.default_models(bench.default_configs_dir()):
+    for model in shipped_models():
         assert f"| {model} | cpu | {bench.QUICK_SEEDS} |" in summary
     assert "Welch" in summary and "| p |" in summary.replace(" p < 0.05 |", "")
     assert "Pareto front" in summary
@@ -126,7 +128,10 @@ def test_resume_after_interruption_has_no_duplicates(
     argv = ["bench", *SMALL, "--root", str(data_root), "--out", str(out)]
     monkeypatch.setattr(bench, "run_one", Interrupt(at=3))
     assert main(argv) == 130
-    assert "--resume" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("gnn: error: interrupted (SIGINT); the "
+                                               "finished runs are in"), err
+    assert "--resume" in err[0]
     assert len(jsonl_rows(out / "runs.jsonl")) == 2 and len(csv_rows(out / "runs.csv")[1]) == 2
     assert not (out / "summary.md").exists()
     # a writer killed in the middle of a row leaves a cut last line in both files
@@ -177,8 +182,7 @@ def test_bad_bench_input_exits_2_before_writing(args: list[str], message: str, t
 def test_default_models_are_the_configs_present(tmp_path: Path) -> None:
     for name in ("gat", "mlp", "custom"):
         (tmp_path / f"{name}.yaml").write_text("model:\n  name: mlp\n")
-    assert bench.default_models(tmp_path) == ["mlp", "gat"]
-    assert bench.available_configs(tmp_path) == ["custom", "gat", "mlp"]
+    assert config_names(tmp_path) == ["custom", "gat", "mlp"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -232,3 +236,84 @@ def test_welch_matches_scipy_and_is_nan_when_undefined() -> None:
     a, b = [0.81, 0.83, 0.82], [0.78, 0.80, 0.75, 0.77]
     assert welch(a, b)[1] == pytest.approx(ttest_ind(a, b, equal_var=False).pvalue)
     assert math.isnan(welch([0.8], b)[1])
+
+
+BAD_ROWS = {
+    "missing test_acc": lambda row: row.pop("test_acc"),
+    "test_acc high": lambda row: row.update(test_acc="high"),
+    "test_acc NaN": lambda row: row.update(test_acc=float("nan")),
+    "no history": lambda row: row.pop("history"),
+}
+
+
+@pytest.fixture(scope="module")
+def two_runs(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("resume") / "bench"
+    argv = ["bench", "--quick", "--models", "mlp", "--seeds", "2", "--epochs", "2",
+            "--no-progress", "--root", str(data_root), "--out", str(out)]
+    assert main(argv) == 0
+    return out
+
+
+@pytest.mark.parametrize("damage", [*BAD_ROWS, "deep JSON"])
+def test_resume_retrains_a_damaged_row(two_runs: Path, tmp_path: Path, damage: str,
+                                       data_root: Path, monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """A hand-edited or foreign line in runs.jsonl is dropped and its run trained again; the
+    report is built from sound rows only."""
+    out = tmp_path / "bench"
+    shutil.copytree(two_runs, out)
+    rows = jsonl_rows(out / "runs.jsonl")
+    if damage == "deep JSON":
+        lines = ["[" * 100_000 + "]" * 100_000, json.dumps(rows[1])]
+    else:
+        BAD_ROWS[damage](rows[0])
+        lines = [json.dumps(r) for r in rows]
+    (out / "runs.jsonl").write_text("\n".join(lines) + "\n")
+    counter = Interrupt()
+    monkeypatch.setattr(bench, "run_one", counter)
+    assert main(["bench", "--quick", "--models", "mlp", "--seeds", "2", "--epochs", "2",
+                 "--no-progress", "--root", str(data_root), "--out", str(out),
+                 "--resume"]) == 0
+    assert counter.calls == 1
+    assert "1 cut or repeated lines dropped" in capsys.readouterr().out
+    assert sorted(keys(jsonl_rows(out / "runs.jsonl"))) == [("mlp", "cpu", "0"),
+                                                             ("mlp", "cpu", "1")]
+
+
+def test_resume_refuses_a_runs_file_that_is_a_folder(
+        tmp_path: Path, data_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bench"
+    (out / "runs.jsonl").mkdir(parents=True)
+    assert main(["bench", *SMALL, "--root", str(data_root), "--out", str(out),
+                 "--resume"]) == 2
+    assert "runs.jsonl is not a regular file" in one_line_error(capsys)
+
+
+def test_report_is_written_completely_or_not_at_all(
+        two_runs: Path, tmp_path: Path, data_root: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The disk fills while the report is written: one line, exit 1, and no report file is
+    replaced or left half-written (the runs stay, for --resume)."""
+    import errno
+
+    import gnn.files
+
+    out = tmp_path / "bench"
+    shutil.copytree(two_runs, out)
+    before = {name: (out / name).read_bytes() for name in REPORT_FILES}
+    real, written = gnn.files.os.fsync, []
+
+    def fill_up(fd: int) -> None:
+        written.append(fd)
+        if len(written) > 4:  # runs.jsonl and runs.csv rewritten, then two report files
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd)
+
+    monkeypatch.setattr(gnn.files.os, "fsync", fill_up)
+    assert main(["bench", "--quick", "--models", "mlp", "--seeds", "2", "--epochs", "2",
+                 "--no-progress", "--root", str(data_root), "--out", str(out),
+                 "--resume"]) == 1
+    assert "no space left on the device" in one_line_error(capsys)
+    assert {name: (out / name).read_bytes() for name in REPORT_FILES} == before
+    assert not list(out.glob(".*.tmp"))

@@ -183,3 +183,24 @@ def test_checkpoint_trained_on_cuda_predicts_on_cuda_and_cpu(data_root: Path, tm
                      "--root", str(data_root), "--device", device]) == 0
         pred = torch.tensor([int(r[1]) for r in read_predictions(out)[1]])
         assert abs(accuracy(pred, cora.y[nodes]) - test_acc) <= tolerance, device
+
+
+def test_malformed_identity_zip_bomb_and_plain_pickle_are_one_line(
+        trained: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import pickle
+    import zipfile
+
+    path = edited(trained, tmp_path, lambda raw: raw["dataset"].update(sha256={1: "x"}))
+    assert "malformed sha256" in run_error(capsys, ["predict", "--checkpoint", str(path)])
+
+    bomb = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("archive/data.pkl", b"\0" * (64 << 20))  # 64 MiB of zeros
+    assert bomb.stat().st_size < 1 << 20
+    assert "archive expands to 67108864 bytes" in run_error(
+        capsys, ["predict", "--checkpoint", str(bomb)])
+
+    plain = tmp_path / "plain.pt"
+    plain.write_bytes(pickle.dumps({"format": "gnn-checkpoint"}, protocol=4))
+    assert "is truncated or not a gnn checkpoint" in run_error(
+        capsys, ["predict", "--checkpoint", str(plain)])

@@ -24,7 +24,7 @@ BAD_CONFIGS = [
     ("data:\n  normalize_features: maybe\n", "data.normalize_features"),
     ("- a\n- b\n", "mapping"),
     ("model: [1, 2\n", "malformed YAML"),
-    # added for issue 9: every item of its bad-input list
+    # every item of the bad-input list
     ("42\n", "top level must be a mapping of sections, got int"),
     ("just some text\n", "top level must be a mapping of sections, got str"),
     ("model: 3\n", "model: must be a mapping, got int"),
@@ -55,6 +55,17 @@ BAD_CONFIGS = [
      "entries must be positive or -1"),
     ("model:\n  name: sage\n  num_layers: 3\nsampler:\n  enabled: true\n  fanout: [10, 10]\n",
      "needs one entry per layer (model.num_layers=3), got 2"),
+    # values that only make sense below a bound
+    ("train:\n  lr: 1.0e300\n", "train.lr: must be <= 100.0"),
+    ("train:\n  weight_decay: 1.0e300\n", "train.weight_decay: must be <= 100.0"),
+    ("sampler:\n  batch_size: 1.0e+20\n", "sampler.batch_size: must be <= 2147483647"),
+    ("sampler:\n  inference_batch_size: 1.0e+20\n", "sampler.inference_batch_size: must be <="),
+    ("data:\n  name: csbm\n  avg_degree: 1.0e300\n", "data.avg_degree: must be <= 1000000.0"),
+    ("data:\n  name: csbm\n  num_nodes: 3000\n  avg_degree: 5000\n", "data.avg_degree: at most"),
+    ("model:\n  K: 1.0e+20\n", "model.K: must be <= 1000"),
+    ("model:\n  num_layers: 1.0e+8\n", "model.num_layers: must be <= 128"),
+    ("model:\n  hidden_channels: 1.0e+20\n", "model.hidden_channels: must be <= 16777216"),
+    ("sampler:\n  fanout: [1.0e+20, 10]\n", "sampler.fanout: entries must be positive or -1"),
 ]
 
 
@@ -139,10 +150,20 @@ def run_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
     (["train", "--dataset", "core"], "unknown dataset 'core' (did you mean 'cora'?)"),
     (["train", "--device", "tpu"], "train.device: must be one of cpu, cuda, got 'tpu'"),
     (["train", "--config", "no/such/file.yaml"], "config file not found: no/such/file.yaml"),
-    (["train", "--config", "."], "cannot read config file .: IsADirectoryError"),
+    (["train", "--config", "."], "cannot read config file .: not a regular file"),
     (["train", "--config", "bad\x00name"], "cannot read config file"),
     (["train", "--config", "x" * 5000], "cannot read config file"),
     (["predict"], "the following arguments are required: --checkpoint"),
+    (["train", "--json", "x" * 300], "--json: a name in the path is 300 bytes long"),
+    (["train", "--save", "a/" * 2100 + "m.pt"], "--save: the path is 4204 bytes long"),
+    (["train", "--json", "same.out", "--save", "same.out"], "--save: the same file as --json"),
+    (["train", "--json", "/dev/null"], "--json: /dev/null exists and is not a regular file"),
+    (["predict", "--checkpoint", "m.pt", "--out", "/dev/null"], "checkpoint not found"),
+    (["predict", "--checkpoint", "/dev/zero"], "cannot read checkpoint /dev/zero: not a regular"),
+    (["train", "--distributed", "--nproc", "0"], "--nproc: must be 1..256, got 0"),
+    (["bench", "--seeds", "1000000000"], "--seeds: must be 1..10000"),
+    (["scale", "--sizes", "nan"], "--sizes: node counts must be whole numbers"),
+    (["scale", "--threads", "1000000"], "--threads: must be 1..1024"),
 ])
 def test_bad_command_line_exits_2(argv: list[str], expected: str,
                                   capsys: pytest.CaptureFixture[str]) -> None:
@@ -193,10 +214,67 @@ def test_unwritable_output_folder_exits_2_before_training(
 def test_model_too_large_for_memory_is_one_line(data_root: Path, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "huge.yaml"
-    path.write_text("model:\n  hidden_channels: 1000000000000\n")
+    path.write_text("model:\n  hidden_channels: 16000000\n")  # 92 GB of first-layer weights
     out = tmp_path / "out.json"
     assert main(["train", "--config", str(path), "--root", str(data_root),
                  "--json", str(out)]) == 1
     err = one_line_error(capsys)
-    assert "out of memory (tried to allocate 5732000000000000 bytes)" in err
+    assert "out of memory (tried to allocate 91712000000 bytes)" in err
     assert not out.exists()
+
+
+def test_special_files_are_never_read_or_replaced(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """A FIFO config or checkpoint would block forever and a link to /dev/zero never end; an
+    output at a FIFO or symlink would be replaced by a regular file. All are refused."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    link = tmp_path / "link.json"
+    link.symlink_to(tmp_path / "elsewhere.json")
+    zero = tmp_path / "zero.yaml"
+    zero.symlink_to("/dev/zero")
+    assert "not a regular file" in run_error(capsys, ["train", "--config", str(fifo)])
+    assert "not a regular file" in run_error(capsys, ["train", "--config", str(zero)])
+    assert "not a regular file" in run_error(capsys, ["predict", "--checkpoint", str(fifo)])
+    for target in (fifo, link):
+        err = run_error(capsys, ["train", "--json", str(target)])
+        assert "exists and is not a regular file" in err
+    assert fifo.exists() and not fifo.is_file() and link.is_symlink()
+    assert not (tmp_path / "elsewhere.json").exists()
+
+
+def test_disk_full_is_one_line_and_leaves_nothing(data_root: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSPC while writing the result: exit 1, one line, no file and no temporary file."""
+    import errno
+
+    import gnn.files
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(gnn.files.os, "fsync", full)
+    out = tmp_path / "r.json"
+    assert main(["train", "--root", str(data_root), "--epochs", "1", "--json", str(out)]) == 1
+    err = one_line_error(capsys)
+    assert "no space left on the device to write" in err and str(out) in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sigint_while_starting_is_one_line() -> None:
+    """SIGINT while torch is still being imported: one line and exit 130, no traceback."""
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "gnn", "train", "--epochs", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    time.sleep(0.8)  # inside gnn.cli.main, importing torch
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the signal")
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == ["gnn: error: interrupted (SIGINT); no partial file "
+                                        "was written"], err

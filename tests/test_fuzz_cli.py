@@ -26,7 +26,9 @@ from torch_geometric.data import Data
 import gnn.data
 import gnn.training
 from gnn.cli import main
-from gnn.config import Config, ConfigError, load_config
+from gnn.config import Config, load_config
+from gnn.errors import ConfigError
+from gnn.training import FitResult, History, check_config
 
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = [f.name for f in dataclasses.fields(Config)]
@@ -84,14 +86,18 @@ class Stubs:
     def __init__(self) -> None:
         self.calls: list[Config] = []
 
-    def fit(self, cfg: Config, data: Data | None = None, on_epoch: Any = None) -> dict:
+    def fit(self, cfg: Config, data: Data | None = None, on_epoch: Any = None) -> FitResult:
         self.calls.append(cfg)
         data = Data(x=torch.zeros(4, 3), y=torch.tensor([0, 1, 0, 1]), name="Cora")
-        return {"model": cfg.model.name, "dataset": cfg.data.name, "seed": cfg.train.seed,
-                "device": cfg.train.device, "split_mode": cfg.data.split_mode, "best_epoch": 1,
-                "train_acc": 1.0, "val_acc": 1.0,
-                "test_acc": 1.0, "test_macro_f1": 1.0, "total_train_time_s": 0.0,
-                "train_loop_time_s": 0.0, "_model": torch.nn.Linear(3, 2), "_data": data}
+        return FitResult(
+            model=cfg.model.name, dataset=cfg.data.name, seed=cfg.train.seed,
+            device=cfg.train.device, sampled=cfg.sampler.enabled,
+            split_mode=cfg.data.split_mode, num_nodes=4, num_edges=0, train_graph_nodes=4,
+            train_graph_edges=0, num_params=8, epochs=1, best_epoch=1, train_acc=1.0,
+            val_acc=1.0, test_acc=1.0, train_macro_f1=1.0, val_macro_f1=1.0,
+            test_macro_f1=1.0, total_train_time_s=0.0, train_loop_time_s=0.0,
+            epoch_times_s=[0.0], history=History(), config=cfg.to_dict(), versions={},
+            threads=1, timestamp="", trained=torch.nn.Linear(3, 2), data=data)
 
 
 @pytest.fixture()
@@ -139,9 +145,9 @@ def check_outcome(code: int, err: str, stubs: Stubs, calls_before: int, out: Pat
 
 
 def expected_valid(path: Path) -> bool:
-    """The oracle: what the config layer says, independently of the CLI."""
+    """The oracle: what the config layer and the registries say, independently of the CLI."""
     try:
-        cfg = load_config(path)
+        cfg = check_config(load_config(path))
     except ConfigError:
         return False
     return cfg.train.device != "cuda" or torch.cuda.is_available()

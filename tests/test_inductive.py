@@ -127,6 +127,6 @@ def test_training_view_is_the_induced_subgraph(graph: Data) -> None:
 
 def test_result_records_the_mode(graph: Data) -> None:
     result = fit(Config().override({"data.split_mode": "inductive", "train.epochs": 2}), graph)
-    assert result["split_mode"] == "inductive"
-    assert result["train_graph_nodes"] == int((graph.train_mask | graph.val_mask).sum())
-    assert result["num_nodes"] == graph.num_nodes
+    assert result.split_mode == "inductive"
+    assert result.train_graph_nodes == int((graph.train_mask | graph.val_mask).sum())
+    assert result.num_nodes == graph.num_nodes

@@ -210,7 +210,7 @@ def test_training_with_pyg_backend(cora: Data) -> None:
     crashed on ``batch.num_sampled_nodes`` before)."""
     cfg = load_config("configs/sage_sampling.yaml").override({"sampler.backend": "pyg",
                                                               "train.epochs": 5})
-    assert fit(cfg, cora)["test_acc"] > 0.5
+    assert fit(cfg, cora).test_acc > 0.5
 
 
 def test_accuracy_gate_sage_sampling(cora: Data, device: torch.device) -> None:
@@ -218,8 +218,8 @@ def test_accuracy_gate_sage_sampling(cora: Data, device: torch.device) -> None:
     results = [fit(cfg.override({"train.seed": s, "sampler.backend": "torch",
                                  "train.device": device.type}), cora)
                for s in range(3)]
-    accs = [r["test_acc"] for r in results]
-    f1s = [r["test_macro_f1"] for r in results]
+    accs = [r.test_acc for r in results]
+    f1s = [r.test_macro_f1 for r in results]
     print(f"\nsage_sampling on {device}: test_acc {statistics.fmean(accs):.4f} "
           f"± {statistics.stdev(accs):.4f}, macro-F1 {statistics.fmean(f1s):.4f} (3 seeds)")
     assert statistics.fmean(accs) >= 0.79

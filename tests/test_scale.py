@@ -12,8 +12,8 @@ import gnn.config
 import gnn.scale
 from gnn.cli import main
 from gnn.config import Config
-from gnn.memory import PeakWindow, probe_for
-from gnn.scale import PRESETS, StepMeter, predict_bytes
+from gnn.memory import PeakWindow, StepPeaks, probe_for
+from gnn.scale import SCALE_BATCH_SIZE, model_configs, plan_scale, predict_bytes, sweep
 from gnn.synthetic import csbm_bytes
 from gnn.training import fit
 
@@ -50,23 +50,37 @@ def _tiny_config(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("preset", ["gcn", "sage_sampling"])
-def test_step_meter_measures_every_step(tmp_path: Path, preset: str) -> None:
+def scale_config(name: str, base: Config) -> Config:
+    return model_configs(base, [name])[name]
+
+
+@pytest.mark.parametrize("model", ["gcn", "sage_sampling"])
+def test_step_meter_measures_every_step(tmp_path: Path, model: str) -> None:
     from gnn.config import load_config
     from gnn.data import load_dataset
 
-    cfg = load_config(_tiny_config(tmp_path)).override(
-        {"data.name": "csbm", "data.num_nodes": 800, "train.epochs": 2, **PRESETS[preset]})
-    meter = StepMeter(torch.device("cpu"))
-    fit(cfg, load_dataset(cfg.data), on_batching=meter)
-    steps_per_epoch = 1 if preset == "gcn" else -(-50 // cfg.sampler.batch_size)  # 5 x 10 seeds
+    base = load_config(_tiny_config(tmp_path)).override(
+        {"data.name": "csbm", "data.num_nodes": 800, "train.epochs": 2})
+    cfg = scale_config(model, base)
+    meter = StepPeaks(torch.device("cpu"))
+    fit(cfg, load_dataset(cfg.data), meter=meter)
+    steps_per_epoch = 1 if model == "gcn" else -(-50 // cfg.sampler.batch_size)  # 5 x 10 seeds
     assert len(meter.peaks) == 2 * steps_per_epoch
     assert all(p >= 0 for p in meter.peaks)
 
 
+def test_shipped_models_keep_their_sections_with_the_scale_batch_size() -> None:
+    base = Config().override({"data.name": "csbm"})
+    sage = scale_config("sage_sampling", base)
+    assert sage.sampler.enabled and sage.sampler.batch_size == SCALE_BATCH_SIZE
+    assert sage.model.hidden_channels == 64 and sage.sampler.fanout == [10, 10]
+    assert scale_config("gcn", base).model.hidden_channels == 16
+    assert sage.data == base.data and sage.train == base.train
+
+
 def test_prediction_grows_linearly_and_full_batch_outgrows_sampling() -> None:
-    gcn = Config().override({**PRESETS["gcn"], "data.name": "csbm"})
-    sage = Config().override({**PRESETS["sage_sampling"], "data.name": "csbm"})
+    base = Config().override({"data.name": "csbm"})
+    gcn, sage = scale_config("gcn", base), scale_config("sage_sampling", base)
     for cfg in (gcn, sage):
         small = predict_bytes(cfg, 10**6, 10**7, 32, 5)
         large = predict_bytes(cfg, 10**7, 10**8, 32, 5)
@@ -109,9 +123,9 @@ def test_scale_writes_report_and_skips_over_budget(tmp_path: Path,
 def test_scale_never_trains_what_is_over_budget(tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(gnn.scale, "fit", lambda *a, **k: pytest.fail("trained anyway"))
-    rows = gnn.scale.run_scale([5000], ["gcn", "sage_sampling"], 1e-4, 1, tmp_path,
-                               config=str(_tiny_config(tmp_path)))
-    assert [r.status for r in rows] == ["over budget (graph)"] * 2
+    plan = plan_scale([5000], ["gcn", "sage_sampling"], 1e-4, 1,
+                      config=str(_tiny_config(tmp_path)))
+    assert [r.status for r in sweep(plan)] == ["over budget (graph)"] * 2
 
 
 @pytest.mark.parametrize(("args", "key"), [
@@ -121,6 +135,12 @@ def test_scale_never_trains_what_is_over_budget(tmp_path: Path,
     (["--memory-budget", "-1"], "--memory-budget"),
     (["--epochs", "0"], "train.epochs"),
     (["--sizes", "100"], "data.num_nodes"),  # too small for the default split
+    (["--sizes", "nan"], "--sizes"),
+    (["--sizes", "inf"], "--sizes"),
+    (["--sizes", "1e12"], "--sizes"),
+    (["--memory-budget", "nan"], "--memory-budget"),
+    (["--threads", "1000000"], "--threads"),
+    (["--threads", "0"], "--threads"),
 ])
 def test_scale_bad_input_exits_2(args: list[str], key: str, tmp_path: Path,
                                  capsys: pytest.CaptureFixture[str]) -> None:

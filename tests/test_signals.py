@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from gnn import cli
-from gnn.files import Terminated, atomic_write_bytes, sigterm_raises
+from gnn.errors import Terminated
+from gnn.files import atomic_write_bytes, sigterm_raises
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 from scipy.stats import binomtest, chisquare
 
 from gnn.cli import main
-from gnn.config import Config, ConfigError, DataConfig
-from gnn.data import check_split, load_dataset
+from gnn.config import Config, DataConfig
+from gnn.data import check_data_config, check_split, load_dataset
+from gnn.errors import ConfigError
 from gnn.synthetic import binary_feature_probs, csbm, edge_homophily, num_pairs
 
 #: p-value below which a check fails: with ~100 hypothesis examples per run, a correct
@@ -169,7 +170,7 @@ def test_binary_features_are_row_normalised_when_asked() -> None:
 ])
 def test_bad_parameters_name_the_key(overrides: dict, key: str) -> None:
     with pytest.raises(ConfigError, match=key):
-        Config.from_dict({"data": {"name": "csbm", **overrides}})
+        check_data_config(Config.from_dict({"data": {"name": "csbm", **overrides}}).data)
 
 
 def test_train_on_csbm_from_the_command_line(tmp_path, capsys) -> None:

@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch_geometric.data import Data
 
-from gnn.config import Config, load_config
-from gnn.training import TrainingError, fit
+from gnn.config import Config, load_config, shipped_models
+from gnn.errors import TrainingError
+from gnn.training import fit
 
 CONFIGS = "configs"
 
@@ -22,18 +23,18 @@ def run(name: str, cora: Data, seed: int, **overrides) -> dict:
 def test_same_seed_same_metrics(cora: Data) -> None:
     a = run("gcn", cora, 3, **{"train.epochs": 30})
     b = run("gcn", cora, 3, **{"train.epochs": 30})
-    assert a["history"] == b["history"]
-    assert (a["test_acc"], a["test_macro_f1"]) == (b["test_acc"], b["test_macro_f1"])
+    assert a.history == b.history
+    assert (a.test_acc, a.test_macro_f1) == (b.test_acc, b.test_macro_f1)
 
 
 def test_result_record(cora: Data) -> None:
     result = run("gcn", cora, 0, **{"train.epochs": 20})
-    assert 1 <= result["best_epoch"] <= 20
-    assert result["val_acc"] == max(result["history"]["val_acc"])
-    assert 0 < result["train_loop_time_s"] < result["total_train_time_s"]
+    assert 1 <= result.best_epoch <= 20
+    assert result.val_acc == max(result.history.val_acc)
+    assert 0 < result.train_loop_time_s < result.total_train_time_s
     for split in ("train", "val", "test"):
-        assert 0.0 <= result[f"{split}_acc"] <= 1.0
-        assert 0.0 <= result[f"{split}_macro_f1"] <= 1.0
+        assert 0.0 <= getattr(result, f"{split}_acc") <= 1.0
+        assert 0.0 <= getattr(result, f"{split}_macro_f1") <= 1.0
 
 
 def test_test_mask_is_read_once(cora: Data, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -64,13 +65,21 @@ def test_non_finite_loss_names_the_epoch(cora: Data) -> None:
 
 
 GATES = {"mlp": 0.55, "gcn": 0.80, "sage": 0.78, "gat": 0.81, "appnp": 0.82}
+#: Gated in tests/test_sampling.py with its own recipe (sampled mini-batches).
+GATED_ELSEWHERE = {"sage_sampling"}
+
+
+def test_every_shipped_model_is_gated() -> None:
+    """The gates follow the one list of shipped models (``configs/``)."""
+    assert sorted(set(GATES) | GATED_ELSEWHERE) == shipped_models()
+
 
 
 @pytest.mark.parametrize("name", list(GATES))
 def test_accuracy_gate_cora(name: str, cora: Data, device: torch.device) -> None:
     results = [run(name, cora, seed, **{"train.device": device.type}) for seed in range(3)]
-    accs = [r["test_acc"] for r in results]
-    f1s = [r["test_macro_f1"] for r in results]
+    accs = [r.test_acc for r in results]
+    f1s = [r.test_macro_f1 for r in results]
     mean = statistics.fmean(accs)
     print(f"\n{name} on {device}: test_acc {mean:.4f} ± {statistics.stdev(accs):.4f}, "
           f"macro-F1 {statistics.fmean(f1s):.4f} ± {statistics.stdev(f1s):.4f} (3 seeds)")
@@ -87,13 +96,13 @@ def test_half_precision_inference_matches_float32(cora: Data, dtype: str,
     on = {"train.epochs": 50, "train.device": device.type}
     base = run("gcn", cora, 0, **on)
     half = run("gcn", cora, 0, **on, **{"train.inference_dtype": dtype})
-    assert abs(base["test_acc"] - half["test_acc"]) <= 0.01
+    assert abs(base.test_acc - half.test_acc) <= 0.01
 
 
 def test_inference_context_runs_dense_layers_in_bfloat16(cora: Data) -> None:
+    from gnn.batching import inference_context
     from gnn.config import ModelConfig
     from gnn.models import build_model
-    from gnn.training import inference_context
 
     model = build_model(ModelConfig(name="mlp"), cora.num_features, 7).eval()
     with torch.inference_mode(), inference_context(torch.device("cpu"), "bfloat16"):
@@ -108,12 +117,12 @@ def test_inference_context_runs_dense_layers_in_bfloat16(cora: Data) -> None:
 def test_fast_training_matches_reference_recipe_accuracy(cora: Data) -> None:
     """The speed-ups change no result: GCN trained through our fast path and through the plain
     PyG recipe reach the same test accuracy (mean of 5 seeds, within 0.5 points)."""
-    from gnn.reference import reference_model, reference_train
+    from benchmarks.reference import reference_model, reference_train
     from gnn.training import set_seed
 
     ours, ref = [], []
     for seed in range(5):
-        ours.append(run("gcn", cora, seed)["test_acc"])
+        ours.append(run("gcn", cora, seed).test_acc)
         set_seed(seed)
         ref.append(reference_train(reference_model("gcn", cora.num_features, 16, 7), cora))
     print(f"\nGCN 5 seeds: ours {statistics.fmean(ours):.4f}, "
@@ -123,23 +132,24 @@ def test_fast_training_matches_reference_recipe_accuracy(cora: Data) -> None:
 
 def test_eval_every_k_epochs_and_after_the_last(cora: Data) -> None:
     result = run("gcn", cora, 0, **{"train.epochs": 7, "train.eval_every": 3})
-    assert result["history"]["epoch"] == [3, 6, 7]
-    assert result["best_epoch"] in (3, 6, 7)
-    assert len(result["epoch_times_s"]) == 7
+    assert result.history.epoch == [3, 6, 7]
+    assert result.best_epoch in (3, 6, 7)
+    assert len(result.epoch_times_s) == 7
 
 
 def test_final_metrics_equal_a_fresh_evaluation(cora: Data) -> None:
     """The final metrics may reuse the last evaluation when it used the selected weights;
     they must equal evaluating the returned model again."""
+    from gnn.batching import make_batching
     from gnn.metrics import classification_metrics
-    from gnn.training import make_batching
 
     cfg = load_config(f"{CONFIGS}/gcn.yaml").override({"train.epochs": 15})
     result = fit(cfg, cora)
-    logits = make_batching(cfg, cora, torch.device("cpu")).predict(result["_model"])
+    logits = make_batching(cfg, cora, torch.device("cpu")).predict(result.trained)
     for split in ("train", "val", "test"):
         mask = cora[f"{split}_mask"]
-        assert classification_metrics(logits[mask], cora.y[mask])["acc"] == result[f"{split}_acc"]
+        expected = getattr(result, f"{split}_acc")
+        assert classification_metrics(logits[mask], cora.y[mask])["acc"] == expected
 
 
 def test_compile_switch_trains(cora: Data, device: torch.device) -> None:
@@ -149,6 +159,6 @@ def test_compile_switch_trains(cora: Data, device: torch.device) -> None:
     on = {"train.epochs": 20, "train.device": device.type, "model.dropout": 0.0}
     result = run("gcn", cora, 0, **on, **{"train.compile": True})
     plain = run("gcn", cora, 0, **on)
-    print(f"\ncompile on {device}: {result['total_train_time_s']:.2f} s (compiling) against "
-          f"{plain['total_train_time_s']:.2f} s eager, 20 epochs")
-    assert abs(result["test_acc"] - plain["test_acc"]) <= 0.01
+    print(f"\ncompile on {device}: {result.total_train_time_s:.2f} s (compiling) against "
+          f"{plain.total_train_time_s:.2f} s eager, 20 epochs")
+    assert abs(result.test_acc - plain.test_acc) <= 0.01
