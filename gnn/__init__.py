@@ -19,6 +19,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("sampling",),  # the neighbour sampler and its loader
     ("batching",),  # full-batch and sampled epochs behind one protocol
     ("training",),  # fit() and its typed FitResult
+    ("members",),  # M members of one config trained in one batched run
     ("checkpoint", "distributed", "bench", "scale"),  # what is built on fit()
     ("report",),  # every markdown and CSV table
     ("plots",),  # every figure (matplotlib Figure, never pyplot)

@@ -16,6 +16,7 @@ import io
 import json
 import math
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +32,10 @@ from gnn.config import Config, SamplerConfig, config_names, did_you_mean, load_c
 from gnn.data import load_dataset
 from gnn.errors import ConfigError
 from gnn.files import append_line, atomic_write_text, complete_lines, ensure_writable_dir
+from gnn.members import can_batch, fit_members, resolve_members
 from gnn.memory import PeakWindow, probe_for
 from gnn.timing import measure_latency
-from gnn.training import check_config, fit, resolve_device
+from gnn.training import FitResult, check_config, fit, resolve_device
 
 DEFAULT_SEEDS = 5
 MAX_SEEDS = 10_000
@@ -134,17 +136,67 @@ def run_one(run: Run, data: Data, latency: LatencySettings) -> tuple[dict[str, A
     probe = probe_for(device)
     with PeakWindow(probe) as memory:
         result = fit(run.cfg, data)
-        predict = full_graph_forward(run.cfg, data, result.trained, device)
-        stats = measure_latency(predict, device, latency.warmup, latency.iters)
+        row = _row(run, result, data, latency, device)
+    row.update({"peak_memory_mb": memory.peak / 2**20, "memory_measure": probe.name})
+    return row, _line(run, result)
+
+
+def run_members(runs: Sequence[Run], data: Data,
+                latency: LatencySettings) -> list[tuple[dict[str, Any], str]]:
+    """Train the seeds of ``runs`` (one config, one device) as members of one batched run;
+    each member's forward latency is timed on its own extracted model. Peak memory is the
+    batched run's, recorded on every row with ``members``."""
+    device = resolve_device(runs[0].device)
+    probe = probe_for(device)
+    with PeakWindow(probe) as memory:
+        results = fit_members(runs[0].cfg, [run.seed for run in runs], data)
+    out = []
+    for run, result in zip(runs, results, strict=True):
+        result.trained = result.trained.to(device)
+        row = _row(run, result, data, latency, device)
+        row.update({"peak_memory_mb": memory.peak / 2**20, "memory_measure": probe.name})
+        out.append((row, _line(run, result)))
+    return out
+
+
+def _row(run: Run, result: FitResult, data: Data, latency: LatencySettings,
+         device: torch.device) -> dict[str, Any]:
+    predict = full_graph_forward(run.cfg, data, result.trained, device)
+    stats = measure_latency(predict, device, latency.warmup, latency.iters)
     row = result.to_record()
     row.update({
         "name": run.name, "gnn_version": __version__, "config_hash": config_hash(run.cfg),
         "forward_ms_median": stats.median * 1e3, "forward_ms_iqr": stats.iqr * 1e3,
         "forward_ms_min": stats.min * 1e3, "latency_warmup": stats.warmup,
-        "latency_iters": stats.iters, "peak_memory_mb": memory.peak / 2**20,
-        "memory_measure": probe.name,
+        "latency_iters": stats.iters,
     })
-    return row, result.summary_line().replace(f"{result.model:<14}", f"{run.name:<14}", 1)
+    return row
+
+
+def _line(run: Run, result: FitResult) -> str:
+    line = result.summary_line().replace(f"{result.model:<14}", f"{run.name:<14}", 1)
+    return line + (f" members={result.members}" if result.members > 1 else "")
+
+
+def batches(todo: Sequence[Run], members: str | int,
+            datasets: dict[str, Data]) -> list[list[Run]]:
+    """The order of work: runs of one config and device that can batch go together, up to
+    ``members`` at a time (``auto``: what fits in memory); the others one by one."""
+    groups: dict[tuple[str, str], list[Run]] = {}
+    for run in todo:
+        groups.setdefault((run.name, run.device), []).append(run)
+    work: list[list[Run]] = []
+    for (name, _), runs in groups.items():
+        if members == 1 or len(runs) == 1 or not can_batch(runs[0].cfg):
+            if members not in (1, "auto") and not can_batch(runs[0].cfg):
+                warnings.warn(f"--members: {name} trains its seeds one after the other (model "
+                              f"{runs[0].cfg.model.name} does not batch)", stacklevel=2)
+            work += [[run] for run in runs]
+            continue
+        size = resolve_members(members, len(runs), runs[0].cfg,
+                               datasets[_data_key(runs[0].cfg)])
+        work += [runs[i:i + size] for i in range(0, len(runs), size)]
+    return work
 
 
 #: Fields of a row the report computes with: a resumed row must hold each as a finite number.
@@ -240,7 +292,7 @@ class BenchResult:
 
 
 def run_bench(plan: Sequence[Run], out: Path, *, resume: bool, latency: LatencySettings,
-              progress: bool = True) -> BenchResult:
+              progress: bool = True, members: str | int = "auto") -> BenchResult:
     """Run what ``plan`` still lacks in ``out`` and return all its rows."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out: {out} is a file, expected a folder")
@@ -258,6 +310,7 @@ def run_bench(plan: Sequence[Run], out: Path, *, resume: bool, latency: LatencyS
     done = {row_key(row) for row in rows}
     todo = [run for run in plan if run.key not in done]
     datasets = _load_datasets(todo)  # data errors surface before any file is written
+    work = batches(todo, members, datasets)
     ensure_writable_dir(out, "--out")
     log.start(rows)
 
@@ -266,14 +319,19 @@ def run_bench(plan: Sequence[Run], out: Path, *, resume: bool, latency: LatencyS
     bar = tqdm(total=len(plan), initial=len(plan) - len(todo), unit="run", desc="bench",
                disable=not progress, file=sys.stderr, dynamic_ncols=True)
     with bar:
-        for run in todo:
-            bar.set_postfix_str(f"{run.name} seed {run.seed} {run.device}", refresh=True)
-            row, line = run_one(run, datasets[_data_key(run.cfg)], latency)
-            log.append(row)
-            rows.append(row)
-            bar.update(1)
-            if progress:
-                bar.write(line, file=sys.stderr)
+        for group in work:
+            first = group[0]
+            seeds = ", ".join(str(run.seed) for run in group)
+            bar.set_postfix_str(f"{first.name} seed {seeds} {first.device}", refresh=True)
+            data = datasets[_data_key(first.cfg)]
+            done_rows = run_members(group, data, latency) if len(group) > 1 \
+                else [run_one(first, data, latency)]
+            for row, line in done_rows:
+                log.append(row)
+                rows.append(row)
+                bar.update(1)
+                if progress:
+                    bar.write(line, file=sys.stderr)
     by_key = {row_key(row): row for row in rows}
     return BenchResult(rows=[by_key[run.key] for run in plan], ran=len(todo),
                        resumed=len(plan) - len(todo), dropped=dropped,

@@ -74,6 +74,11 @@ def _add_train(sub: Any) -> None:
                        help="data-parallel training (DDP) in --nproc local processes; under "
                             "torchrun (WORLD_SIZE set) every process is one rank anyway")
     train.add_argument("--nproc", type=int, help="processes for --distributed (default 2)")
+    train.add_argument("--seeds", metavar="A-B|A,B,...",
+                       help="train one model per seed (batched where the model allows) and "
+                            "write one record per seed; --json then holds a list")
+    train.add_argument("--members", default="auto", metavar="auto|N",
+                       help="with --seeds: members per batched run (default auto)")
 
 
 def _add_predict(sub: Any) -> None:
@@ -134,6 +139,9 @@ def _add_bench(sub: Any) -> None:
                        help="sanity run: 2 seeds, 10 epochs, 5 timed forwards")
     bench.add_argument("--memory-budget-mb", type=float, metavar="MB",
                        help="leave out models whose peak memory exceeds MB when recommending")
+    bench.add_argument("--members", default="auto", metavar="auto|N",
+                       help="train up to N seeds of a model as members of one batched run "
+                            "(auto: as many as fit in memory; 1: one run per seed)")
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
     bench.add_argument("--trust-data", action="store_true", default=None,
                        help="load raw files whose SHA-256 differs from the public ones")
@@ -159,6 +167,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = check_config(config_from_args(args))
     resolve_device(cfg.train.device)
+    if args.seeds is not None:
+        return train_seeds(args, cfg)
     if args.nproc is not None and not args.distributed:
         raise UsageError("--nproc: only with --distributed")
     if args.nproc is not None and not 1 <= args.nproc <= MAX_LOCAL_RANKS:
@@ -189,6 +199,57 @@ def cmd_train(args: argparse.Namespace) -> int:
         save_checkpoint(args.save, result.trained, cfg, result.data, metrics)
     if args.json:
         write_json(args.json, result.to_record())
+    return 0
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds``: ``A-B`` (inclusive) or ``A,B,...``; at most 10,000 seeds."""
+    try:
+        if "-" in text.strip("-"):
+            first, last = (int(part) for part in text.split("-", 1))
+            seeds = list(range(first, last + 1)) if 0 <= last - first < 10_000 else []
+        else:
+            seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or len(seeds) > 10_000 or min(seeds) < 0 or max(seeds) > 2**32 - 1:
+        raise UsageError(f"--seeds: expected A-B or A,B,... with 1..10000 seeds in "
+                         f"0..4294967295, got {text[:40]!r}")
+    return seeds
+
+
+def parse_members(text: str) -> str | int:
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise UsageError(f"--members: expected auto or a number >= 1, got {text[:40]!r}")
+    return int(text)
+
+
+def train_seeds(args: argparse.Namespace, cfg: Config) -> int:
+    """``gnn train --seeds``: one result per seed, batched where the model batches."""
+    from gnn.data import load_dataset
+    from gnn.files import check_output_file, write_json
+    from gnn.members import can_batch, fit_many, resolve_members
+
+    seeds, members = parse_seeds(args.seeds), parse_members(args.members)
+    for flag, given in (("--save", args.save), ("--distributed", args.distributed)):
+        if given:
+            raise UsageError(f"{flag}: not with --seeds (one checkpoint or job per run)")
+    if args.json:
+        check_output_file(args.json, "--json")
+    data = load_dataset(cfg.data)
+    if can_batch(cfg):
+        members = resolve_members(members, len(seeds), cfg, data)
+    elif members not in (1, "auto"):
+        warnings.warn(f"--members: {cfg.model.name} trains its seeds one after the other "
+                       "(this model does not batch)", stacklevel=2)
+    results = fit_many(cfg, seeds, data, members=members if isinstance(members, int) else None)
+    for result in results:
+        print(result.summary_line() + (f" members={result.members}"
+                                       if result.members > 1 else ""))
+    if args.json:
+        write_json(args.json, [result.to_record() for result in results])
     return 0
 
 
@@ -328,12 +389,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise ConfigError(f"--memory-budget-mb: must be > 0, got {args.memory_budget_mb}")
     overrides = {"data.name": args.dataset, "data.root": args.root, "train.epochs": epochs,
                  "data.trust_data": args.trust_data, "train.progress": False}
+    members = parse_members(args.members)
     plan = bench.plan_runs(names, seeds, args.devices, configs_dir, overrides)
     latency = bench.QUICK_LATENCY if args.quick else bench.LatencySettings()
     out = Path(args.out)
     try:
         result = bench.run_bench(plan, out, resume=args.resume, latency=latency,
-                                 progress=not args.no_progress)
+                                 progress=not args.no_progress, members=members)
     except (KeyboardInterrupt, Terminated) as exc:
         raise type(exc)(f"the finished runs are in {out}; run the same command with --resume "
                         "to finish") from None

@@ -203,6 +203,17 @@ def _welch_rows(comparisons: Sequence[Comparison]) -> list[list[str]]:
             for c in comparisons]
 
 
+def _batched_note(summaries: Sequence[Summary]) -> str:
+    """Which rows were trained as members of batched runs, and what their times mean."""
+    batched = [f"{s.label} ({max(int(r.get('members', 1)) for r in s.rows)} members per run)"
+               for s in summaries if any(int(r.get("members", 1)) > 1 for r in s.rows)]
+    if not batched:
+        return "- Every run trained on its own (one model per run)."
+    return ("- Trained batched, several seeds as members of one run: " + ", ".join(batched)
+            + ". Their train times are each member's share of the run's wall time "
+            "(`run_time_s` in the rows); peak memory is the whole run's.")
+
+
 def summary_markdown(summaries: Sequence[Summary], meta: dict[str, Any]) -> str:
     first = summaries[0].rows[0]
     versions = first.get("versions", {})
@@ -234,6 +245,7 @@ def summary_markdown(summaries: Sequence[Summary], meta: dict[str, Any]) -> str:
         f"{first.get('latency_iters')} timed calls, device synchronised around each).",
         "- peak_memory_mb: the largest over the runs of the "
         + "; ".join(MEMORY_MEASURES.get(m, m) for m in measures) + ".",
+        _batched_note(summaries),
         "",
         "## Is the best model really better?",
         "",

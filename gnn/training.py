@@ -108,6 +108,8 @@ class FitResult:
     threads: int
     timestamp: str
     world_size: int = 1
+    members: int = 1  # members trained together in one batched run (gnn.members)
+    run_time_s: float = 0.0  # wall time of the whole run (all its members)
     trained: nn.Module | None = _in_memory()
     data: Data | None = _in_memory()
 
@@ -252,7 +254,7 @@ def make_result(cfg: Config, run: Setup, sel: Selection, logits: Tensor) -> FitR
         train_loop_time_s=sel.loop_timer.total, epoch_times_s=sel.loop_timer.laps,
         history=sel.history, config=cfg.to_dict(), versions=versions(),
         threads=torch.get_num_threads(), timestamp=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        trained=run.model, data=data)
+        run_time_s=sel.total_time, trained=run.model, data=data)
 
 
 def fit(cfg: Config, data: Data | None = None, *, batching: BatchingFactory = make_batching,

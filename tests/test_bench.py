@@ -23,7 +23,8 @@ from gnn.report import compare_to_best, pareto_front, recommendation_markdown, s
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 REPORT_FILES = ("summary.md", "recommendation.md", "accuracy_vs_latency.png",
                 "learning_curves.png")
-SMALL = ["--quick", "--models", "mlp", "gcn", "--seeds", "2", "--epochs", "3", "--no-progress"]
+SMALL = ["--quick", "--models", "mlp", "gcn", "--seeds", "2", "--epochs", "3", "--no-progress",
+         "--members", "1"]
 
 
 def jsonl_rows(path: Path) -> list[dict[str, Any]]:

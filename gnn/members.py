@@ -1,0 +1,512 @@
+"""Batched training: M independent members of one configuration in one run.
+
+On Cora a fit is almost all per-operation overhead, so training M members side by side makes
+every operation M times wider for a fraction of M times the cost. Each member has its own
+parameters (stacked on a member axis), its own initialisation (member ``m`` starts from exactly
+the weights a standalone :func:`gnn.training.fit` with its seed would draw), its own dropout
+masks, its own train/val/test masks (``[M, N]``), and its own best-validation epoch and selected
+weights. The shared work is shared: the first layer is one CSR product ``X @ [W_1 | ... | W_M]``
+and each propagation one sparse product ``A @ [H_1 | ... | H_M]``. Adam and weight decay are
+element-wise, so one optimiser over the stacked parameters is exactly M optimisers, and the
+loss is the sum of the members' own mean losses, so each member gets exactly its own gradient.
+
+Activations are laid out ``[N, M * width]`` (member-major columns), the layout the sparse
+products need; the per-member dense layers run as one ``bmm`` over the member axis.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+import torch
+from torch import Tensor, nn
+from torch_geometric.data import Data
+
+from gnn.batching import node_features
+from gnn.config import Config
+from gnn.data import load_dataset, num_classes, training_view
+from gnn.errors import ConfigError, TrainingError
+from gnn.kernels import gcn_operator, linear, mean_operator, propagate
+from gnn.metrics import classification_metrics
+from gnn.models import build_model, count_parameters
+from gnn.timing import Timer
+from gnn.training import FitResult, History, resolve_device, set_seed, versions
+
+#: Models whose members train batched; the others (GAT, sampled GraphSAGE) train their members
+#: one after the other.
+BATCHABLE = ("mlp", "gcn", "sage", "appnp")
+MAX_MEMBERS = 1_000_000
+#: ``auto`` keeps ``members x hidden_channels`` at most this wide. Measured on the 2-core
+#: development CPU (Cora, one thread, time per member-epoch against a standalone fit): GCN
+#: (16 hidden) 2.8x at 10 members, 2.5x at 20, 2.2x at 40; 64-hidden models 1.1-1.2x at 2-5
+#: members and slower than standalone fits at 20. Wider activations leave the caches: the
+#: first layer's CSR product then reads a row of the stacked weights per stored feature.
+AUTO_WIDTH = 256
+
+
+def can_batch(cfg: Config) -> bool:
+    return cfg.model.name in BATCHABLE and not cfg.sampler.enabled and not cfg.train.compile
+
+
+def member_bytes(cfg: Config, data: Data) -> int:
+    """Memory one more member needs (bytes): its activations and their gradients (about ten
+    ``N x hidden`` and six ``N x classes`` float tensors per layer pair, as ``gnn scale``
+    measured), its parameters with gradient, Adam's two moments and the best copy."""
+    n, h, c = data.num_nodes, cfg.model.hidden_channels, num_classes(data)
+    widths = 10 * h * max(cfg.model.num_layers - 1, 1) + 6 * c * (1 + cfg.model.K
+                                                                   * (cfg.model.name == "appnp"))
+    params = data.num_features * h + h * h * max(cfg.model.num_layers - 2, 0) + h * c
+    return 4 * n * widths + 4 * 5 * params * (2 if cfg.model.name == "sage" else 1)
+
+
+def available_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return psutil.virtual_memory().available
+
+
+def resolve_members(requested: str | int, runs: int, cfg: Config, data: Data) -> int:
+    """How many members to train at once: ``auto`` fills half the free memory, a number is
+    checked against it (one line naming the need, before any training)."""
+    per_member = member_bytes(cfg, data)
+    free = available_bytes(torch.device(cfg.train.device))
+    if requested == "auto":
+        cap = min(free // 2 // max(per_member, 1),
+                  max(1, AUTO_WIDTH // cfg.model.hidden_channels))
+        if cfg.train.device != "cpu":  # a GPU step is launch-bound: as many as fit
+            cap = free // 2 // max(per_member, 1)
+        groups = math.ceil(runs / max(1, min(cap, MAX_MEMBERS)))
+        return max(1, math.ceil(runs / groups))  # balanced runs, none much smaller
+    members = int(requested)
+    if not 1 <= members <= MAX_MEMBERS:
+        raise ConfigError(f"--members: must be auto or 1..{MAX_MEMBERS}, got {members}")
+    if members * per_member > free:
+        raise ConfigError(f"--members: {members} members of {cfg.model.name} need about "
+                          f"{members * per_member / 2**30:.1f} GiB; "
+                          f"{free / 2**30:.1f} GiB is free")
+    return members
+
+
+# --------------------------------------------------------------------------------------------
+# The stacked model
+
+
+class StackedModel(nn.Module):
+    """M members of one MLP / GCN / GraphSAGE / APPNP, built from M standalone models.
+
+    Layer 0's weight is stored ``[in, M * out]`` (what the CSR product reads); later layers'
+    ``[M, in, out]`` (what ``bmm`` reads); biases ``[M * out]``. :meth:`member` gives member
+    ``m`` back as a standalone model with its weights.
+    """
+
+    def __init__(self, cfg: Config, models: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.name, self.members = cfg.model.name, len(models)
+        # a plain list: the template is not a submodule (its parameters are not the members')
+        self.template = [copy.deepcopy(models[0]).cpu()]
+        self.dropout = cfg.model.dropout
+        self.K, self.alpha = cfg.model.K, cfg.model.alpha
+        layers = [_layer_tensors(self.name, m) for m in models]
+        self.weights = nn.ParameterList()
+        self.roots = nn.ParameterList()  # GraphSAGE's root weights (lin_r), same layouts
+        self.biases = nn.ParameterList()
+        for i in range(len(layers[0])):
+            w, b, r = zip(*(member_layers[i] for member_layers in layers), strict=True)
+            self.weights.append(nn.Parameter(_stack(w, first=i == 0)))
+            self.biases.append(nn.Parameter(torch.stack(b).reshape(-1)))
+            if r[0] is not None:
+                self.roots.append(nn.Parameter(_stack(r, first=i == 0)))
+        self.cache: dict[str, tuple[Tensor, Tensor]] = {}
+        self.pattern_t: tuple[Tensor, tuple[Tensor, Tensor, Tensor]] | None = None
+
+    def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
+        """Logits ``[N, M, classes]``."""
+        n = x.size(0)
+        if self.name == "appnp":
+            x = _member_dropout(x, self.dropout, self.training, self.members)
+        h = x
+        last = len(self.weights) - 1
+        for i in range(len(self.weights)):
+            h = self._layer(i, h, edge_index, n)
+            if i < last:
+                h = _dropout(torch.relu(h), self.dropout, self.training)
+        if self.name == "appnp":
+            adj = self._operator(edge_index, n, gcn_operator)
+            out = h
+            for _ in range(self.K):
+                out = (1 - self.alpha) * propagate(adj, out) + self.alpha * h
+            h = out
+        return h.view(n, self.members, -1)
+
+    def _layer(self, i: int, h: Tensor, edge_index: Tensor, n: int) -> Tensor:
+        bias = self.biases[i]
+        if self.name in ("mlp", "appnp"):
+            return self._linear(i, h, self.weights) + bias
+        if self.name == "gcn":
+            adj = self._operator(edge_index, n, gcn_operator)
+            return propagate(adj, self._linear(i, h, self.weights), bias)
+        adj = self._operator(edge_index, n, mean_operator)  # sage: mean aggregation + root
+        return propagate(adj, self._linear(i, h, self.weights), bias) \
+            + self._linear(i, h, self.roots)
+
+    def _linear(self, i: int, h: Tensor, weights: nn.ParameterList) -> Tensor:
+        """Every member's ``h_m @ W_m``: one (CSR) product for layer 0, one bmm after."""
+        w = weights[i]
+        if i == 0:
+            if isinstance(h, MemberCSR):  # per-member input dropout on CSR features
+                if self.pattern_t is None or self.pattern_t[0] is not h.pattern:
+                    self.pattern_t = (h.pattern, _pattern_transpose(h.pattern))
+                return _MemberCSRProduct.apply(h, self.pattern_t[1], w)
+            if h.dim() == 3:  # per-member input dropout on dense features
+                return torch.bmm(h, w.view(w.size(0), self.members, -1).transpose(0, 1)) \
+                    .transpose(0, 1).reshape(h.size(1), -1)
+            return linear(h, w.t(), None, self) if h.layout == torch.sparse_csr \
+                else h @ w
+        n = h.size(0)
+        out = torch.bmm(h.view(n, self.members, -1).transpose(0, 1), w)
+        return out.transpose(0, 1).reshape(n, -1)
+
+    def _operator(self, edge_index: Tensor, n: int, build) -> Tensor:
+        key = build.__name__
+        cached = self.cache.get(key)
+        if cached is None or cached[0] is not edge_index:
+            self.cache[key] = (edge_index, build(edge_index, n))
+        return self.cache[key][1]
+
+    def member_state(self, m: int) -> dict[str, Tensor]:
+        """Member ``m``'s weights as the standalone model's state dict."""
+        state = {}
+        for i, (w_name, b_name, r_name) in enumerate(_names(self.name, len(self.weights))):
+            state[w_name] = _unstack(self.weights[i], m, self.members, i == 0).t()
+            state[b_name] = self.biases[i].view(self.members, -1)[m]
+            if r_name is not None:
+                state[r_name] = _unstack(self.roots[i], m, self.members, i == 0).t()
+        return {k: v.detach().clone().contiguous() for k, v in state.items()}
+
+    def member(self, m: int) -> nn.Module:
+        model = copy.deepcopy(self.template[0])
+        model.load_state_dict(self.member_state(m), strict=False)
+        return model
+
+
+def _names(model: str, layers: int) -> list[tuple[str, str, str | None]]:
+    if model in ("mlp", "appnp"):
+        return [(f"lins.{i}.weight", f"lins.{i}.bias", None) for i in range(layers)]
+    if model == "gcn":
+        return [(f"convs.{i}.lin.weight", f"convs.{i}.bias", None) for i in range(layers)]
+    return [(f"convs.{i}.lin_l.weight", f"convs.{i}.lin_l.bias", f"convs.{i}.lin_r.weight")
+            for i in range(layers)]
+
+
+def _layer_tensors(model: str, module: nn.Module) -> list[tuple[Tensor, Tensor, Tensor | None]]:
+    """Per layer: weight ``[in, out]``, bias ``[out]``, root weight or None."""
+    state = module.state_dict()
+    layers = len(module.lins) if model in ("mlp", "appnp") else len(module.convs)
+    return [(state[w].t(), state[b], None if r is None else state[r].t())
+            for w, b, r in _names(model, layers)]
+
+
+def _stack(tensors: Sequence[Tensor], first: bool) -> Tensor:
+    stacked = torch.stack([t.detach() for t in tensors])  # [M, in, out]
+    if first:
+        return stacked.permute(1, 0, 2).reshape(stacked.size(1), -1).contiguous()
+    return stacked.contiguous()
+
+
+def _unstack(weight: Tensor, m: int, members: int, first: bool) -> Tensor:
+    if first:
+        return weight.view(weight.size(0), members, -1)[:, m]
+    return weight[m]
+
+
+def _dropout(h: Tensor, p: float, training: bool) -> Tensor:
+    """Dropout whose mask comes from random bytes, three per 32-bit draw: drawing the random
+    numbers was the largest cost of a batched step (``bernoulli_`` 8.5 ms, ``rand`` 2.9 ms
+    for Cora's 20 x 16 hidden columns, bytes 1.3 ms). The drop probability is therefore
+    ``p`` rounded to a multiple of 1/256 (0.5 exactly). Members' columns get independent
+    masks."""
+    if not training or p == 0.0:
+        return h
+    threshold = round(p * 256)
+    keep = _random_bytes(h.numel(), h.device).view(h.shape) >= threshold
+    return h * keep.to(h.dtype).mul_(256.0 / (256 - threshold))
+
+
+def _random_bytes(count: int, device: torch.device) -> Tensor:
+    """``count`` uniform random bytes: the three low bytes of 31-bit random integers (the top
+    byte holds only seven random bits)."""
+    words = torch.empty(count // 3 + 1, 4, dtype=torch.uint8, device=device)
+    words.view(torch.int32).random_()
+    return words[:, :3].reshape(-1)[:count]
+
+
+def _member_dropout(x: Tensor, p: float, training: bool, members: int) -> Tensor | MemberCSR:
+    """Input-feature dropout with its own mask per member: for a CSR input the members' values
+    ``[M, nnz]`` (:class:`MemberCSR`); a dense input becomes ``[M, N, F]``."""
+    if not training or p == 0.0:
+        return x
+    if x.layout == torch.sparse_csr:
+        values = x.values()
+        keep = torch.rand(members, values.numel(), device=values.device) >= p
+        return MemberCSR(x, values * keep * (1.0 / (1.0 - p)))
+    keep = torch.rand(members, *x.shape, device=x.device) >= p
+    return x.unsqueeze(0) * keep * (1.0 / (1.0 - p))
+
+
+@dataclass
+class MemberCSR:
+    """One sparsity pattern with a value vector per member (input dropout on CSR features)."""
+
+    pattern: Tensor  # the CSR matrix whose structure every member shares
+    values: Tensor  # [M, nnz]
+
+
+class _MemberCSRProduct(torch.autograd.Function):
+    """Every member's ``X_m @ W_m`` for CSR ``X_m`` sharing one pattern: one sparse product
+    per member forward and backward; the backward's transposes are the pattern's cached
+    transpose with the member's values permuted, not a transpose per member and step."""
+
+    @staticmethod
+    def forward(ctx: Any, x: MemberCSR, transpose: tuple[Tensor, Tensor, Tensor],
+                weight: Tensor) -> Tensor:
+        members = x.values.size(0)
+        blocks = weight.view(weight.size(0), members, -1)
+        crow, col = x.pattern.crow_indices(), x.pattern.col_indices()
+        outs = [torch.sparse.mm(torch.sparse_csr_tensor(crow, col, x.values[m],
+                                                        x.pattern.shape),
+                                blocks[:, m].contiguous()) for m in range(members)]
+        ctx.x, ctx.transpose = x, transpose
+        return torch.cat(outs, dim=1)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[None, None, Tensor]:
+        x, (t_crow, t_col, order) = ctx.x, ctx.transpose
+        members = x.values.size(0)
+        shape = (x.pattern.size(1), x.pattern.size(0))
+        blocks = grad.view(grad.size(0), members, -1)
+        grads = [torch.sparse.mm(torch.sparse_csr_tensor(t_crow, t_col,
+                                                         x.values[m].index_select(0, order),
+                                                         shape), blocks[:, m].contiguous())
+                 for m in range(members)]
+        return None, None, torch.cat(grads, dim=1)
+
+
+def _pattern_transpose(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The CSR transpose of ``x``'s pattern and, for each of its entries, the position of the
+    same entry in ``x`` (so a member's values transpose by one gather)."""
+    positions = torch.arange(x.values().numel(), dtype=torch.float64, device=x.device)
+    marked = torch.sparse_csr_tensor(x.crow_indices(), x.col_indices(), positions, x.shape)
+    t = marked.t().to_sparse_csr()
+    return t.crow_indices(), t.col_indices(), t.values().long()
+
+
+# --------------------------------------------------------------------------------------------
+# Training M members
+
+
+@dataclass
+class MemberMasks:
+    """Each member's split, ``[M, N]`` booleans."""
+
+    train: Tensor
+    val: Tensor
+    test: Tensor
+
+    @classmethod
+    def shared(cls, data: Data, members: int) -> MemberMasks:
+        return cls(*(getattr(data, f"{s}_mask").unsqueeze(0).expand(members, -1)
+                     for s in ("train", "val", "test")))
+
+
+@dataclass
+class MemberSelection:
+    """Per member: history, best validation accuracy and epoch, and the best weights."""
+
+    members: int
+    best_val: Tensor = field(init=False)
+    best_epoch: list[int] = field(init=False)
+    best_state: list[Tensor] = field(default_factory=list)
+    histories: list[History] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.best_val = torch.full((self.members,), -1.0)
+        self.best_epoch = [0] * self.members
+        self.histories = [History() for _ in range(self.members)]
+
+
+def member_losses(logits: Tensor, y: Tensor, mask: Tensor) -> Tensor:
+    """Each member's mean cross-entropy over its own training nodes, ``[M]``. Callers may pass
+    only the rows some member trains on (``logits [R, M, C]``, ``y [R]``, ``mask [M, R]``)."""
+    logp = torch.log_softmax(logits, dim=-1)
+    members = logits.size(1)
+    nll = -logp.gather(2, y.view(-1, 1, 1).expand(-1, members, 1)).squeeze(2)  # [N, M]
+    weights = mask.t().to(nll.dtype)
+    return (nll * weights).sum(0) / weights.sum(0).clamp(min=1)
+
+
+def member_accuracy(pred: Tensor, y: Tensor, mask: Tensor) -> Tensor:
+    """``[M]`` accuracies of ``pred [N, M]`` on each member's ``mask [M, N]``."""
+    hits = ((pred == y.unsqueeze(1)) & mask.t()).sum(0).double()
+    return (hits / mask.sum(1).clamp(min=1)).float()
+
+
+def fit_members(cfg: Config, seeds: Sequence[int], data: Data | None = None,
+                masks: MemberMasks | None = None) -> list[FitResult]:
+    """Train one member per seed of ``cfg`` in one batched run; one :class:`FitResult` per
+    member, as :func:`gnn.training.fit` would give it (times are the run's share per member;
+    ``members`` and ``run_time_s`` say how it ran)."""
+    if not can_batch(cfg):
+        raise ConfigError(f"model.name: {cfg.model.name} members cannot train batched")
+    device = resolve_device(cfg.train.device)
+    data = load_dataset(cfg.data) if data is None else data
+    seen = training_view(data) if cfg.data.split_mode == "inductive" else data
+    masks = masks or MemberMasks.shared(seen, len(seeds))
+    model = _initial_members(cfg, data, seeds).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr,
+                                 weight_decay=cfg.train.weight_decay, fused=True)
+    run_timer = Timer(device).start()
+    sel, loop = _train_members(cfg, model, optimizer, seen, masks, device)
+    logits = _final_member_logits(cfg, model, sel, data, device)
+    run_time = run_timer.stop()
+    final = MemberMasks.shared(data, len(seeds)) if seen is not data else masks
+    return [_member_result(cfg, data, seen, model, sel, m, seed, logits[:, m], final,
+                           run_time, loop)
+            for m, seed in enumerate(seeds)]
+
+
+def _initial_members(cfg: Config, data: Data, seeds: Sequence[int]) -> StackedModel:
+    """Member ``m`` starts from the weights ``fit`` with seed ``seeds[m]`` would draw."""
+    models = []
+    for seed in seeds:
+        set_seed(seed)
+        models.append(build_model(cfg.model, data.num_features, num_classes(data)))
+    set_seed(seeds[0])
+    return StackedModel(cfg, models)
+
+
+def _train_members(cfg: Config, model: StackedModel, optimizer: torch.optim.Optimizer,
+                   seen: Data, masks: MemberMasks, device: torch.device,
+                   ) -> tuple[MemberSelection, Timer]:
+    x = node_features(seen, cfg).to(device)
+    edge_index, y = seen.edge_index.to(device), seen.y.to(device)
+    # only rows some member trains or validates on enter the loss and the accuracies
+    rows = masks.train.any(0).nonzero().view(-1).to(device)
+    seen_rows = (masks.train.any(0) | masks.val.any(0)).nonzero().view(-1).to(device)
+    train, y_train = masks.train.to(device)[:, rows], y[rows]
+    train_seen, val_seen = (m.to(device)[:, seen_rows] for m in (masks.train, masks.val))
+    sel, loop = MemberSelection(model.members), Timer(device)
+    sel.best_state = [p.detach().clone() for p in model.parameters()]
+    for epoch in range(1, cfg.train.epochs + 1):
+        with loop:
+            model.train()
+            optimizer.zero_grad(set_to_none=True)
+            losses = member_losses(model(x, edge_index).index_select(0, rows), y_train, train)
+            losses.sum().backward()
+            optimizer.step()
+        if not bool(torch.isfinite(losses).all()):
+            raise TrainingError(f"non-finite loss at epoch {epoch} (member "
+                                f"{int((~torch.isfinite(losses)).nonzero()[0])})")
+        if epoch % cfg.train.eval_every and epoch != cfg.train.epochs:
+            continue
+        pred = _predict(model, x, edge_index).index_select(0, seen_rows).argmax(-1)
+        y_seen = y.index_select(0, seen_rows)
+        _select(model, sel, epoch, losses.detach().cpu(),
+                member_accuracy(pred, y_seen, train_seen).cpu(),
+                member_accuracy(pred, y_seen, val_seen).cpu())
+    return sel, loop
+
+
+def _predict(model: StackedModel, x: Tensor, edge_index: Tensor) -> Tensor:
+    model.eval()
+    with torch.inference_mode():
+        return model(x, edge_index)
+
+
+def _select(model: StackedModel, sel: MemberSelection, epoch: int, losses: Tensor,
+            train_acc: Tensor, val_acc: Tensor) -> None:
+    """Log the epoch for every member and keep the weights of those that improved."""
+    for m, history in enumerate(sel.histories):
+        history.epoch.append(epoch)
+        history.train_loss.append(float(losses[m]))
+        history.train_acc.append(float(train_acc[m]))
+        history.val_acc.append(float(val_acc[m]))
+    improved = val_acc > sel.best_val
+    if not bool(improved.any()):
+        return
+    sel.best_val = torch.where(improved, val_acc, sel.best_val)
+    for m in improved.nonzero().view(-1).tolist():
+        sel.best_epoch[m] = epoch
+    index = improved.nonzero().view(-1)
+    with torch.no_grad():
+        for best, p in zip(sel.best_state, model.parameters(), strict=True):
+            ours, theirs = _by_member(best, model.members), _by_member(p, model.members)
+            ours.index_copy_(1, index.to(p.device), theirs.index_select(1, index.to(p.device)))
+
+
+def _by_member(p: Tensor, members: int) -> Tensor:
+    """A view of parameter ``p`` with the member axis second: ``[rows, M, cols]``."""
+    if p.dim() == 3:  # [M, in, out]
+        return p.view(1, members, -1)
+    if p.dim() == 2:  # layer 0 [in, M * out]
+        return p.view(p.size(0), members, -1)
+    return p.view(1, members, -1)  # biases [M * out]
+
+
+def _final_member_logits(cfg: Config, model: StackedModel, sel: MemberSelection, data: Data,
+                         device: torch.device) -> Tensor:
+    """Every member's selected weights on the whole graph, ``[N, M, C]``."""
+    with torch.no_grad():
+        for best, p in zip(sel.best_state, model.parameters(), strict=True):
+            p.copy_(best)
+    model.cache.clear()
+    x = node_features(data, cfg).to(device)
+    return _predict(model, x, data.edge_index.to(device)).float()
+
+
+def _member_result(cfg: Config, data: Data, seen: Data, model: StackedModel,
+                   sel: MemberSelection, m: int, seed: int, logits: Tensor, masks: MemberMasks,
+                   run_time: float, loop: Timer) -> FitResult:
+    y = data.y.to(logits.device)
+    metrics = {}
+    for split in ("train", "val", "test"):
+        mask = getattr(masks, split)[m].to(logits.device)
+        scores = classification_metrics(logits[mask], y[mask])
+        metrics[f"{split}_acc"], metrics[f"{split}_macro_f1"] = scores["acc"], scores["macro_f1"]
+    members = model.members
+    trained = model.member(m)
+    return FitResult(
+        model=cfg.model.name, dataset=str(getattr(data, "name", None)), seed=seed,
+        device=str(logits.device), sampled=False, split_mode=cfg.data.split_mode,
+        num_nodes=int(data.num_nodes), num_edges=int(data.num_edges),
+        train_graph_nodes=int(seen.num_nodes), train_graph_edges=int(seen.num_edges),
+        num_params=count_parameters(trained), epochs=cfg.train.epochs,
+        best_epoch=sel.best_epoch[m], **metrics, total_train_time_s=run_time / members,
+        train_loop_time_s=loop.total / members,
+        epoch_times_s=[lap / members for lap in loop.laps], history=sel.histories[m],
+        config=cfg.override({"train.seed": seed}).to_dict(), versions=versions(),
+        threads=torch.get_num_threads(), timestamp=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        members=members, run_time_s=run_time, trained=trained, data=data)
+
+
+def fit_many(cfg: Config, seeds: Sequence[int], data: Data | None = None,
+             members: int | None = None) -> list[FitResult]:
+    """One result per seed: batched in runs of ``members`` where the model batches, else one
+    :func:`gnn.training.fit` after another."""
+    from gnn.training import fit
+
+    data = load_dataset(cfg.data) if data is None else data
+    if not can_batch(cfg) or members == 1:
+        return [fit(cfg.override({"train.seed": s}), data) for s in seeds]
+    size = members or len(seeds)
+    results: list[FitResult] = []
+    for start in range(0, len(seeds), size):
+        results += fit_members(cfg, seeds[start:start + size], data)
+    return results
+
+

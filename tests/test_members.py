@@ -1,0 +1,160 @@
+"""Batched training: member m of a batched run is the standalone fit with its seed (exactly,
+without dropout), members are independent, and the commands use them."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+import torch
+from scipy.stats import ttest_ind
+from torch_geometric.data import Data
+
+from gnn.cli import main
+from gnn.config import load_config
+from gnn.members import BATCHABLE, MemberMasks, fit_members
+from gnn.training import fit
+from tests.test_cli import one_line_error, run_error
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("name", BATCHABLE)
+def test_member_equals_its_standalone_fit(name: str, cora: Data, device: torch.device) -> None:
+    """Dropout 0, same initial weights (drawn from each member's seed as fit draws them):
+    per-epoch losses, selected epoch, accuracies and final weights agree within float32
+    rounding."""
+    cfg = load_config(CONFIGS / f"{name}.yaml").override(
+        {"model.dropout": 0.0, "train.epochs": 30, "train.device": device.type})
+    seeds = [0, 1, 2]
+    batched = fit_members(cfg, seeds, cora)
+    worst = 0.0
+    for seed, member in zip(seeds, batched, strict=True):
+        alone = fit(cfg.override({"train.seed": seed}), cora)
+        assert member.best_epoch == alone.best_epoch and member.seed == seed
+        assert member.history.epoch == alone.history.epoch
+        losses = torch.tensor(member.history.train_loss) - torch.tensor(alone.history.train_loss)
+        worst = max(worst, float(losses.abs().max()))
+        assert abs(member.test_acc - alone.test_acc) <= 1 / 1000  # at most one test node
+        ours, theirs = member.trained.state_dict(), alone.trained.state_dict()
+        assert set(theirs) <= set(ours)
+        for key, value in theirs.items():
+            torch.testing.assert_close(ours[key].to(value.device), value, rtol=1e-4, atol=1e-5)
+    print(f"\n{name} on {device}: largest per-epoch loss difference {worst:.2e}")
+    assert worst < 1e-5
+
+
+def test_member_csr_product_and_gradient_equal_dense() -> None:
+    """Per-member input dropout on CSR features: each member's product and weight gradient
+    equal the dense computation."""
+    from gnn.members import MemberCSR, _MemberCSRProduct, _pattern_transpose
+
+    generator = torch.Generator().manual_seed(0)
+    dense = torch.rand(30, 12, generator=generator) * (torch.rand(30, 12, generator=generator)
+                                                       < 0.2)
+    x = dense.to_sparse_csr()
+    values = torch.rand(3, x.values().numel(), generator=generator)
+    weight = torch.randn(12, 3 * 4, generator=generator, requires_grad=True)
+    out = _MemberCSRProduct.apply(MemberCSR(x, values), _pattern_transpose(x), weight)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    ref_weight = weight.detach().clone().requires_grad_()
+    blocks = []
+    for m in range(3):
+        x_m = torch.sparse_csr_tensor(x.crow_indices(), x.col_indices(), values[m],
+                                      x.shape).to_dense()
+        blocks.append(x_m @ ref_weight.view(12, 3, 4)[:, m])
+    ref = torch.cat(blocks, dim=1)
+    ref.backward(grad)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(weight.grad, ref_weight.grad)
+
+
+def test_members_follow_their_own_masks(cora: Data) -> None:
+    """Each member trains on its own train mask: a member given another split equals the
+    standalone fit on that split."""
+    cfg = load_config(CONFIGS / "gcn.yaml").override({"model.dropout": 0.0,
+                                                      "train.epochs": 20})
+    other = cora.clone()
+    generator = torch.Generator().manual_seed(5)
+    pool = (~(cora.val_mask | cora.test_mask)).nonzero().view(-1)
+    other.train_mask = torch.zeros_like(cora.train_mask)
+    other.train_mask[pool[torch.randperm(pool.numel(), generator=generator)[:140]]] = True
+    masks = MemberMasks(torch.stack([cora.train_mask, other.train_mask]),
+                        torch.stack([cora.val_mask, other.val_mask]),
+                        torch.stack([cora.test_mask, other.test_mask]))
+    batched = fit_members(cfg, [0, 0], cora, masks=masks)
+    for member, graph in zip(batched, (cora, other), strict=True):
+        alone = fit(cfg, graph)
+        assert member.best_epoch == alone.best_epoch
+        assert member.history.train_loss == pytest.approx(alone.history.train_loss, abs=1e-5)
+    assert batched[0].history.train_loss != pytest.approx(batched[1].history.train_loss)
+
+
+def test_dropout_members_match_sequential_seeds(cora: Data) -> None:
+    """With dropout, members draw other masks than standalone runs: 20 of each must agree in
+    distribution (test-accuracy means within 0.5 point, Welch p > 0.01)."""
+    cfg = load_config(CONFIGS / "gcn.yaml")
+    seeds = list(range(20))
+    batched = [r.test_acc for r in fit_members(cfg, seeds, cora)]
+    alone = [fit(cfg.override({"train.seed": s}), cora).test_acc for s in seeds]
+    gap = statistics.fmean(batched) - statistics.fmean(alone)
+    p = float(ttest_ind(batched, alone, equal_var=False).pvalue)
+    print(f"\n20 GCN members {statistics.fmean(batched):.4f} ± {statistics.stdev(batched):.4f}"
+          f", 20 sequential {statistics.fmean(alone):.4f} ± {statistics.stdev(alone):.4f}, "
+          f"gap {gap:+.4f}, Welch p {p:.3f}")
+    assert abs(gap) <= 0.005 and p > 0.01
+    assert len(set(batched)) > 1  # members are not copies of one another
+
+
+def test_train_seeds_writes_one_record_per_seed(data_root: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "runs.json"
+    assert main(["train", "--config", str(CONFIGS / "gcn.yaml"), "--root", str(data_root),
+                 "--epochs", "5", "--seeds", "3-5", "--json", str(out)]) == 0
+    records = json.loads(out.read_text())
+    assert [r["seed"] for r in records] == [3, 4, 5]
+    assert all(r["members"] == 3 and r["run_time_s"] > 0 for r in records)
+    assert capsys.readouterr().out.count("members=3") == 3
+
+
+def test_a_model_that_cannot_batch_says_so(data_root: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--config", str(CONFIGS / "gat.yaml"), "--root", str(data_root),
+                 "--epochs", "2", "--seeds", "0,1", "--members", "2"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.count("seed=") == 2
+    assert captured.err.strip().splitlines() == [
+        "gnn: warning: --members: gat trains its seeds one after the other (this model does "
+        "not batch)"]
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--seeds", "0-3", "--members", "100000"], "--members: 100000 members of gcn need about"),
+    (["--seeds", "0-3", "--members", "zero"], "--members: expected auto or a number"),
+    (["--seeds", "5-2"], "--seeds: expected A-B or A,B,..."),
+    (["--seeds", "0-3", "--save", "m.pt"], "--save: not with --seeds"),
+])
+def test_bad_member_input_is_one_line(argv: list[str], message: str, data_root: Path,
+                                      tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    assert message in run_error(capsys, ["train", "--root", str(data_root), *argv])
+
+
+def test_bench_trains_seeds_as_members(data_root: Path, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bench"
+    assert main(["bench", "--quick", "--models", "gcn", "gat", "--seeds", "3", "--no-progress",
+                 "--root", str(data_root), "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    members = {(r["name"], r["seed"]): r["members"] for r in rows}
+    assert members == {("gcn", 0): 3, ("gcn", 1): 3, ("gcn", 2): 3,
+                       ("gat", 0): 1, ("gat", 1): 1, ("gat", 2): 1}
+    assert "Trained batched, several seeds as members of one run: gcn (3 members per run)" \
+        in (out / "summary.md").read_text()
+    assert main(["bench", "--models", "gcn", "--members", "100000", "--root", str(data_root),
+                 "--out", str(tmp_path / "big")]) == 2
+    assert "--members: 100000 members" in one_line_error(capsys)
+    assert not (tmp_path / "big").exists()
