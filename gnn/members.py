@@ -320,7 +320,10 @@ class MemberMasks:
 
     @classmethod
     def shared(cls, data: Data, members: int) -> MemberMasks:
-        return cls(*(getattr(data, f"{s}_mask").unsqueeze(0).expand(members, -1)
+        """The graph's own split for every member (an inductive training view has no test
+        mask: an empty one stands in)."""
+        empty = torch.zeros(data.num_nodes, dtype=torch.bool)
+        return cls(*(getattr(data, f"{s}_mask", empty).unsqueeze(0).expand(members, -1)
                      for s in ("train", "val", "test")))
 
 

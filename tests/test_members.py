@@ -158,3 +158,16 @@ def test_bench_trains_seeds_as_members(data_root: Path, tmp_path: Path,
                  "--out", str(tmp_path / "big")]) == 2
     assert "--members: 100000 members" in one_line_error(capsys)
     assert not (tmp_path / "big").exists()
+
+
+def test_inductive_members_equal_inductive_fits(cora: Data) -> None:
+    """Inductive mode: members train on the training view (no test node or edge) exactly as
+    standalone inductive fits do, and are evaluated on the full graph."""
+    cfg = load_config(CONFIGS / "gcn.yaml").override(
+        {"model.dropout": 0.0, "train.epochs": 20, "data.split_mode": "inductive"})
+    for seed, member in zip([0, 1], fit_members(cfg, [0, 1], cora), strict=True):
+        alone = fit(cfg.override({"train.seed": seed}), cora)
+        assert member.train_graph_nodes == alone.train_graph_nodes < cora.num_nodes
+        assert member.best_epoch == alone.best_epoch
+        assert member.history.train_loss == pytest.approx(alone.history.train_loss, abs=1e-5)
+        assert abs(member.test_acc - alone.test_acc) <= 1 / 1000
