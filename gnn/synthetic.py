@@ -42,9 +42,6 @@ def check_csbm(cfg: DataConfig) -> None:
     if labelled > n:
         raise ConfigError(f"data.num_nodes: train_per_class * num_classes + num_val + num_test "
                           f"= {labelled} exceeds num_nodes={n}")
-    if cfg.avg_degree > n - 1:
-        raise ConfigError(f"data.avg_degree: at most num_nodes - 1 = {n - 1} neighbours per "
-                          f"node on average, got {cfg.avg_degree:g}")
     if num_pairs(n, cfg.avg_degree) * 2 > 2**40:
         raise ConfigError(f"data.avg_degree: {n} nodes of average degree {cfg.avg_degree:g} "
                           "make more than 2^40 edges")
