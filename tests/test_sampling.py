@@ -146,9 +146,10 @@ def test_uniform_choice_among_hub_neighbours(selection: str, device: torch.devic
     assert chisquare(observed).pvalue > 1e-3
 
 
-def test_invalid_fanout() -> None:
-    with pytest.raises(ValueError, match="fanout"):
-        TorchNeighborSampler(torch.tensor([[0], [1]]), [0], num_nodes=2)
+@pytest.mark.parametrize("fanout", [[-2], [1, -5], ["a"]])
+def test_invalid_fanout(fanout: list) -> None:
+    with pytest.raises(ValueError, match="^num_neighbors: "):
+        TorchNeighborSampler(torch.tensor([[0], [1]]), fanout, num_nodes=2)
 
 
 def _random_graph(num_nodes: int, num_edges: int, seed: int) -> Data:
@@ -241,3 +242,4 @@ def test_layerwise_inference_equals_full_forward(fast: bool, device: torch.devic
         out = layerwise_inference(model, loader)
         assert out.device == data.x.device
         torch.testing.assert_close(out, model(data.x, data.edge_index), atol=1e-5, rtol=1e-4)
+
