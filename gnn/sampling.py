@@ -33,6 +33,7 @@ from __future__ import annotations
 import operator
 import os
 import warnings
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,6 +43,7 @@ from torch import Tensor, nn
 from torch.utils.data import get_worker_info
 from torch_geometric.data import Data, FeatureStore, GraphStore, HeteroData
 from torch_geometric.loader import NeighborLoader
+from torch_geometric.loader.base import DataLoaderIterator
 from torch_geometric.sampler import BaseSampler, NodeSamplerInput, SamplerOutput
 from torch_geometric.sampler.base import NumNeighbors, SubgraphType
 
@@ -569,17 +571,58 @@ def layerwise_inference(model: nn.Module, loader: NeighborLoader) -> Tensor:
 
 
 class NeighborBatches(NeighborLoader):
-    """PyG's ``NeighborLoader``, picklable for spawned workers. A worker receives the whole
-    loader (its ``collate_fn`` is a bound method), generator included; torch pickles a
-    generator as a temporary state tensor, which goes to shared memory and is freed before the
-    worker starts, so the worker dies unpickling it. The main process draws the batch indices
-    and the workers' seeds; a worker needs neither the generator nor the index samplers."""
+    """PyG's ``NeighborLoader``, safe with worker processes.
+
+    - Picklable for spawned workers. A worker receives the whole loader (through its
+      ``collate_fn``), generator included; torch pickles a generator as a temporary state
+      tensor, which goes to shared memory and is freed before the worker starts, so the worker
+      died unpickling it. The main process draws the batch indices and the workers' seeds; a
+      worker needs neither the generator nor the index samplers, so they stay behind.
+    - No reference cycle. ``collate_fn`` is PyG's bound method, so the loader and its
+      persistent worker iterator formed a cycle, which only the garbage collector frees: after
+      it has closed the iterator's queues, so the workers never heard the shutdown and each
+      cost a 5 s join timeout. :class:`LoaderMethod` holds the loader weakly instead.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.collate_fn = LoaderMethod(self, "collate_fn")
+
+    def _get_iterator(self) -> Any:
+        iterator = super()._get_iterator()
+        if isinstance(iterator, DataLoaderIterator):  # filtering in this process
+            iterator.transform_fn = LoaderMethod(self, "filter_fn")
+        if not (self.persistent_workers and self.num_workers > 0):
+            # an iterator the loader does not hold keeps the loader alive (no cycle); a
+            # persistent one is held by the loader, which must outlive it, as in torch
+            iterator.keep_alive = self
+        return iterator
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         for key in ("generator", "sampler", "batch_sampler", "_iterator"):
             state[key] = None
         return state
+
+
+class LoaderMethod:
+    """A ``NeighborLoader`` method holding its loader weakly (no reference cycle); a pickled
+    copy, for a spawned worker, holds its loader strongly, since nothing else there keeps it
+    alive."""
+
+    def __init__(self, loader: NeighborLoader, name: str, strong: bool = False) -> None:
+        self.loader: Any = loader if strong else weakref.ref(loader)
+        self.name, self.strong = name, strong
+
+    def __call__(self, *args: Any) -> Any:
+        loader = self.loader if self.strong else self.loader()
+        if loader is None:
+            raise RuntimeError("NeighborBatches: the loader of a persistent-worker iterator was "
+                               "freed; keep a reference to the loader while iterating")
+        return getattr(NeighborLoader, self.name)(loader, *args)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return LoaderMethod, (self.loader if self.strong else self.loader(), self.name, True)
 
 
 #: What :func:`make_neighbor_loader` passes on unchanged besides the sampler options it names:
