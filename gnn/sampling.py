@@ -84,7 +84,7 @@ def subgraph_kind(subgraph_type: Any, directed: bool, disjoint: bool) -> Subgrap
     """The subgraph type asked for; ``directed=False`` is PyG's deprecated spelling of induced."""
     if not directed:
         warnings.warn(f"The 'directed' argument of '{NAME}' is deprecated; use "
-                      f"subgraph_type='induced' instead", DeprecationWarning, stacklevel=3)
+                      f"subgraph_type='induced' instead", stacklevel=3)  # UserWarning, as PyG
         subgraph_type = SubgraphType.induced
     try:
         kind = SubgraphType(subgraph_type)

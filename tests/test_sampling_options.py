@@ -4,6 +4,7 @@ implement refused in one line, by the sampler class and by ``make_neighbor_loade
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 from collections import Counter
 
@@ -100,21 +101,14 @@ def test_induced_holds_every_edge_among_sampled_nodes(case, seed: int, option: d
     self-loops included) and no others, in torch-sparse's order; no per-hop counts."""
     num_nodes, edge_index, seeds, fanout = case
     plain = sampler(edge_index, num_nodes, fanout, seed, device).sample(seeds)
-    with pytest.warns(DeprecationWarning) if "directed" in option else _nothing():
+    warns = pytest.warns(UserWarning, match="deprecated")
+    with warns if "directed" in option else contextlib.nullcontext():
         induced = sampler(edge_index, num_nodes, fanout, seed, device, **option).sample(seeds)
     assert torch.equal(induced.node, plain.node)
     got = list(zip(induced.row.tolist(), induced.col.tolist(), induced.edge.tolist(),
                    strict=True))
     assert got == induced_reference(edge_index, plain.node.cpu())
     assert induced.num_sampled_nodes is None and induced.num_sampled_edges is None
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 # ---- disjoint -----------------------------------------------------------------------------
@@ -431,6 +425,8 @@ REFUSED = [
     ("foreign sampler", None, {"neighbor_sampler": object()}, ValueError, "neighbor_sampler: "),
     ("unknown option", None, {"custom_cls": HeteroData}, ValueError, "custom_cls: "),
     ("typo", None, {"weigth_attr": "w"}, ValueError, "weigth_attr: "),
+    ("link-level", None, {"edge_label_index": torch.tensor([[0], [1]])}, ValueError,
+     "edge_label_index: "),
 ]
 
 
