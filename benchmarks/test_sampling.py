@@ -6,6 +6,10 @@ a uniform random graph (20M edges) and the CSBM graph of ``gnn scale`` (10M edge
 one sampled-GraphSAGE training epoch is timed too::
 
     GNN_BENCH_THREADS=1 python -m pytest benchmarks/test_sampling.py -m slow -k csbm
+
+Also: the cost of each sampler option on Cora (``-k option``), whether worker processes pay
+on Cora and on the 1M-node graph (``-k workers``), and the share of evaluation in a sampled
+fit on Cora (``-k evaluation_share``).
 """
 
 from __future__ import annotations
@@ -72,13 +76,17 @@ def batch_bytes(batch: Data) -> int:
 
 
 def sampler_throughput(bench, data: Data, backend: str, batch_size: int, group: str,
-                       device: torch.device, rounds: int = 40, **kw: Any) -> None:
+                       device: torch.device, rounds: int = 40,
+                       options: dict[str, Any] | None = None, fanout: list[int] | None = None,
+                       **kw: Any) -> None:
     """Batches through PyG's loader with the graph on ``device``: on a GPU our sampler and
-    PyG's feature gathering run there (PyG's compiled samplers are CPU-only)."""
+    PyG's feature gathering run there (PyG's compiled samplers are CPU-only). ``options``
+    are sampler options of :func:`make_neighbor_loader` (default: directional)."""
     if backend == "pyg" and device.type != "cpu":
         pytest.skip("PyG's compiled neighbour samplers run on CPU only")
-    loader = make_neighbor_loader(data.to(device), [10, 10], batch_size=batch_size,
-                                  shuffle=True, backend=backend, seed=0)
+    fanout = fanout or [10, 10]
+    loader = make_neighbor_loader(data.to(device), fanout, batch_size=batch_size,
+                                  shuffle=True, backend=backend, seed=0, **(options or {}))
     batches = endless(loader)
     edges: list[int] = []
 
@@ -88,7 +96,8 @@ def sampler_throughput(bench, data: Data, backend: str, batch_size: int, group: 
         return batch
 
     bench(next_batch, device=device, group=f"{group}-{device.type}", rounds=rounds, warmup=3,
-          **graph_info(data, backend=backend, batch_size=batch_size, fanout=[10, 10], **kw))
+          **graph_info(data, backend=backend, batch_size=batch_size, fanout=fanout,
+                       options=repr(options or {}), **kw))
     stats = bench.benchmark.stats.stats
     mean_edges = sum(edges) / len(edges)
     bench.benchmark.extra_info.update({
@@ -101,6 +110,111 @@ def sampler_throughput(bench, data: Data, backend: str, batch_size: int, group: 
 def test_sampler_throughput_cora(bench, cora: Data, backend: str, device: torch.device) -> None:
     # a batch takes about 0.5 ms: 200 rounds (four epochs of batches) steady the median
     sampler_throughput(bench, cora, backend, 64, "sampler-cora-bs64", device, rounds=200)
+
+
+#: Each sampler option of our sampler, for its cost against the default directional path
+#: (same loader, batch size and fanout; ``fanout 10,0`` stops after one hop).
+OPTIONS: dict[str, tuple[dict[str, Any], list[int]]] = {
+    "directional": ({}, [10, 10]),
+    "bidirectional": ({"subgraph_type": "bidirectional"}, [10, 10]),
+    "induced": ({"subgraph_type": "induced"}, [10, 10]),
+    "disjoint": ({"disjoint": True}, [10, 10]),
+    "weighted": ({"weight_attr": "edge_weight"}, [10, 10]),
+    "weighted-replace": ({"weight_attr": "edge_weight", "replace": True}, [10, 10]),
+    "replace": ({"replace": True}, [10, 10]),
+    "fanout-10-0": ({}, [10, 0]),
+}
+
+
+def with_weights(data: Data) -> Data:
+    """The graph with a random positive weight per edge (``edge_weight``), for every option
+    alike (batches gather the edge attribute whether or not the sampler reads it)."""
+    g = torch.Generator().manual_seed(0)
+    weighted = data.clone()
+    weighted.edge_weight = torch.rand(data.num_edges, generator=g) + 0.1
+    return weighted
+
+
+@pytest.mark.parametrize("option", list(OPTIONS))
+def test_sampler_option_cost_cora(bench, cora: Data, option: str, device: torch.device) -> None:
+    """One group, one row per option: the median batch time of each against directional."""
+    options, fanout = OPTIONS[option]
+    sampler_throughput(bench, with_weights(cora), "torch", 64, "sampler-options-cora-bs64", device,
+                       rounds=200, options=options, fanout=fanout, option=option)
+
+
+@pytest.mark.parametrize("option", [o for o in OPTIONS if o != "directional"])
+def test_sampler_option_ratio_cora(cora: Data, option: str) -> None:
+    """The same, as a ratio measured interleaved with the directional path (robust to a busy
+    machine): how many times a default batch an option's batch costs. Reported, not gated."""
+    options, fanout = OPTIONS[option]
+    data = with_weights(cora)
+    plain, other = (endless(make_neighbor_loader(data, f, batch_size=64, shuffle=True,
+                                                 backend="torch", seed=0, **o))
+                    for o, f in (({}, [10, 10]), (options, fanout)))
+    # interleaved_ratio gives (reference / ours, reference, ours): here other / plain
+    ratio, t_other, t_plain = interleaved_ratio(lambda: next(other), lambda: next(plain),
+                                                torch.device("cpu"), blocks=15, iters=40)
+    print(f"\nsampler option {option} on Cora, bs 64: directional {t_plain * 1e3:.3f} ms, "
+          f"{option} {t_other * 1e3:.3f} ms per batch: {ratio:.2f}x the directional cost")
+    assert math.isfinite(ratio)
+
+
+#: Worker processes (forked, persistent) to compare with sampling in the training process.
+WORKERS = [0, 1, 2]
+
+
+def worker_epoch(bench, data: Data, batch_size: int, input_nodes: torch.Tensor,
+                 num_workers: int, group: str, rounds: int) -> None:
+    """One epoch of batches (sampling and feature gathering) with ``num_workers`` worker
+    processes; the workers persist, so a round times the epoch, not their start."""
+    loader = make_neighbor_loader(data, [10, 10], batch_size=batch_size,
+                                  input_nodes=input_nodes, shuffle=True, backend="torch",
+                                  seed=0, num_workers=num_workers,
+                                  persistent_workers=num_workers > 0,
+                                  multiprocessing_context="fork" if num_workers else None)
+
+    def epoch() -> int:
+        return sum(int(batch.batch_size) for batch in loader)
+
+    bench(epoch, device=torch.device("cpu"), group=group, rounds=rounds, warmup=1,
+          **graph_info(data, backend="torch", batch_size=batch_size, fanout=[10, 10],
+                       num_workers=num_workers, batches_per_epoch=len(loader)))
+
+
+@pytest.mark.parametrize("num_workers", WORKERS)
+def test_sampler_workers_cora(bench, cora: Data, num_workers: int) -> None:
+    """Do workers pay on Cora? An epoch over all 2708 nodes in batches of 64."""
+    worker_epoch(bench, cora, 64, torch.arange(cora.num_nodes), num_workers,
+                 "sampler-workers-cora-bs64-cpu", rounds=20)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("num_workers", WORKERS)
+def test_sampler_workers_1m(bench, million_graph: Data, num_workers: int) -> None:
+    """Do workers pay on the 1M-node graph? An epoch of 64 batches of 1024 seeds."""
+    worker_epoch(bench, million_graph, 1024, torch.arange(64 * 1024), num_workers,
+                 "sampler-workers-1M-bs1024-cpu", rounds=5)
+
+
+@pytest.mark.parametrize("full_batch_eval", ["always", "never"])
+def test_sampled_fit_cora_evaluation_share(cora: Data, full_batch_eval: str) -> None:
+    """A 200-epoch sampled GraphSAGE fit on Cora, evaluated every epoch: the whole fit against
+    its training steps alone. Goal: at most 1.5x with the full-batch evaluation (``always``,
+    what ``auto`` picks on Cora); ``never`` is the layer-wise evaluation, for comparison."""
+    from gnn.config import load_config
+    from gnn.training import fit
+
+    cfg = load_config("configs/sage_sampling.yaml").override({
+        "sampler.backend": "torch", "train.epochs": 200,
+        "sampler.full_batch_eval": full_batch_eval})
+    result = fit(cfg, cora)
+    share = result.total_train_time_s / result.train_loop_time_s
+    print(f"\nsampled fit on Cora, {full_batch_eval} full-batch evaluation: total "
+          f"{result.total_train_time_s:.2f} s, training steps {result.train_loop_time_s:.2f} s, "
+          f"{share:.2f}x; test accuracy {result.test_acc:.4f}")
+    if full_batch_eval == "always":
+        assert share <= 1.5
 
 
 @pytest.mark.slow

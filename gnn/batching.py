@@ -23,7 +23,7 @@ from torch_geometric.data import Data
 from torch_geometric.loader import NeighborLoader
 
 from gnn.config import Config
-from gnn.memory import StepPeaks
+from gnn.memory import StepPeaks, free_memory
 from gnn.sampling import layerwise_inference, make_neighbor_loader
 
 
@@ -111,14 +111,39 @@ def make_batching(cfg: Config, data: Data, device: torch.device, *,
                      meter)
 
 
+def full_batch_bytes(data: Data, hidden_channels: int) -> int:
+    """Memory one full-batch forward adds beyond the graph itself, estimated: the cached CSR
+    mean operator and its transpose (a column index and a value per edge, a row pointer per
+    node, each twice), and three float32 node x width activations alive at once (a layer's
+    input, its output and one temporary). Layer-wise inference keeps node x hidden embeddings
+    per layer as well, so the operator is the real difference."""
+    nodes, edges = int(data.num_nodes), int(data.num_edges)
+    width = max(int(data.num_features), hidden_channels)
+    return 2 * (edges * 12 + (nodes + 1) * 8) + 3 * nodes * width * 4
+
+
+def evaluate_full_batch(mode: str, data: Data, hidden_channels: int,
+                        device: torch.device) -> bool:
+    """Whether layer-wise evaluation runs as one full-batch forward (``sampler.full_batch_eval``):
+    ``always``, ``never``, or ``auto``: when the estimate fits in half the free memory of the
+    device, leaving room for training and for the estimate's error."""
+    if mode != "auto":
+        return mode == "always"
+    return full_batch_bytes(data, hidden_channels) <= free_memory(device) // 2
+
+
 @dataclass
 class SampledBatching(Batching):
-    """Mini-batch training on sampled subgraphs; evaluation without sampling noise
-    (layer-wise full-graph inference) or with it (``sampler.inference: sampled``)."""
+    """Mini-batch training on sampled subgraphs; evaluation without sampling noise or with it
+    (``sampler.inference: sampled``). Without noise, full-neighbourhood layer-wise inference
+    computes what one full-batch forward computes (the model's cached mean operator: one
+    sparse product a layer), so where that fits (:func:`evaluate_full_batch`) evaluation is
+    that forward and ``eval_loader`` is ``None``; graphs that do not fit keep the layer-wise
+    loader, whose memory grows with the batch, not the graph."""
 
     data: Data
     train_loader: NeighborLoader
-    eval_loader: NeighborLoader
+    eval_loader: NeighborLoader | None
     layerwise: bool
     trim: bool
     device: torch.device
@@ -132,20 +157,26 @@ class SampledBatching(Batching):
                     **fields: Any) -> SampledBatching:
         """Loaders as configured. A distributed run passes its rank's ``seed`` for neighbour
         sampling and a ``batch_sampler`` over the training seeds (positions in the train mask);
-        ``transform`` sees every training batch; ``fields`` fill a subclass's own fields."""
+        ``transform`` sees every training batch; ``fields`` fill a subclass's own fields.
+        Worker processes (``sampler.num_workers``) persist across epochs: starting them costs
+        far more than an epoch of Cora."""
         sc = cfg.sampler
         graph = Data(x=data.x, edge_index=data.edge_index, y=data.y, num_nodes=data.num_nodes)
         if device.type != "cpu":
             graph = graph.to(device)  # sample and gather features where the model runs
         common = {"backend": sc.backend, "seed": cfg.train.seed if seed is None else seed,
-                  "replace": sc.replace}
+                  "replace": sc.replace, "num_workers": sc.num_workers,
+                  "persistent_workers": sc.num_workers > 0}
         batches: dict[str, Any] = ({"batch_size": sc.batch_size, "shuffle": True}
                                    if batch_sampler is None else {"batch_sampler": batch_sampler})
         train_loader = make_neighbor_loader(graph, sc.fanout, input_nodes=data.train_mask,
                                             transform=transform, **batches, **common)
         layerwise = sc.inference == "layerwise"
-        eval_loader = make_neighbor_loader(graph, [-1] if layerwise else sc.fanout,
-                                           batch_size=sc.inference_batch_size, **common)
+        eval_loader = None
+        if not (layerwise and evaluate_full_batch(sc.full_batch_eval, graph,
+                                                  cfg.model.hidden_channels, device)):
+            eval_loader = make_neighbor_loader(graph, [-1] if layerwise else sc.fanout,
+                                               batch_size=sc.inference_batch_size, **common)
         return cls(graph, train_loader, eval_loader, layerwise, sc.trim, device,
                    inference_dtype=cfg.train.inference_dtype, **fields)
 
@@ -170,6 +201,8 @@ class SampledBatching(Batching):
     def predict(self, model: nn.Module) -> Tensor:
         model.eval()
         with torch.inference_mode(), inference_context(self.device, self.inference_dtype):
+            if self.eval_loader is None:  # full-batch: the layer-wise result in one forward
+                return model(self.data.x, self.data.edge_index).float()
             if self.layerwise:
                 return layerwise_inference(model, self.eval_loader).float()
             outs = [model(b.x.to(self.device), b.edge_index.to(self.device))[:b.batch_size]

@@ -102,7 +102,12 @@ class SamplerConfig:
     replace: bool = False
     inference: str = field(default="layerwise", metadata={"choices": ("layerwise", "sampled")})
     inference_batch_size: int = field(default=4096, metadata=_range(1, INT32_MAX))
+    # with inference: layerwise, evaluate with one full-batch forward (the same logits up to
+    # float rounding, far fewer operations): auto when it fits in half the free memory
+    full_batch_eval: str = field(default="auto", metadata={"choices": ("auto", "always", "never")})
     trim: bool = True
+    # DataLoader worker processes sampling the batches (0: in the training process)
+    num_workers: int = field(default=0, metadata=_range(0, 256))
 
 
 @dataclass
@@ -152,6 +157,12 @@ class Config:
             raise ConfigError(
                 f"sampler.fanout: needs one entry per layer (model.num_layers="
                 f"{self.model.num_layers}), got {len(self.sampler.fanout)}")
+        if self.sampler.num_workers > 0 and self.train.device != "cpu":
+            raise ConfigError("sampler.num_workers: worker processes sample on the CPU; with "
+                              f"train.device: {self.train.device} the graph is on the GPU, use 0")
+        if self.sampler.full_batch_eval == "always" and self.sampler.inference != "layerwise":
+            raise ConfigError("sampler.full_batch_eval: always needs sampler.inference: "
+                              "layerwise (sampled inference has no full-batch equivalent)")
         if any(f == 0 or f < -1 or f > INT32_MAX for f in self.sampler.fanout):
             raise ConfigError("sampler.fanout: entries must be positive or -1 (all "
                               f"neighbours), got {show(self.sampler.fanout)}")

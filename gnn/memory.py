@@ -51,6 +51,15 @@ def rss() -> int:
     return psutil.Process().memory_info().rss
 
 
+def free_memory(device: torch.device | str) -> int:
+    """Bytes that can still be allocated on ``device``: the GPU's free memory, or the memory
+    the OS reports available (free plus reclaimable caches) for the CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    return int(psutil.virtual_memory().available)
+
+
 class Probe:
     """Current level, peak since the last reset, and reset, for one kind of memory."""
 

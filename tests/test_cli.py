@@ -67,6 +67,12 @@ BAD_CONFIGS = [
     ("model:\n  num_layers: 1.0e+8\n", "model.num_layers: must be <= 128"),
     ("model:\n  hidden_channels: 1.0e+20\n", "model.hidden_channels: must be <= 16777216"),
     ("sampler:\n  fanout: [1.0e+20, 10]\n", "sampler.fanout: entries must be positive or -1"),
+    ("sampler:\n  num_workers: -1\n", "sampler.num_workers: must be >= 0"),
+    ("sampler:\n  num_workers: 2\ntrain:\n  device: cuda\n",
+     "sampler.num_workers: worker processes sample on the CPU"),
+    ("sampler:\n  full_batch_eval: sometimes\n", "sampler.full_batch_eval: must be one of"),
+    ("sampler:\n  full_batch_eval: always\n  inference: sampled\n",
+     "sampler.full_batch_eval: always needs sampler.inference: layerwise"),
 ]
 
 

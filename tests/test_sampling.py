@@ -146,9 +146,10 @@ def test_uniform_choice_among_hub_neighbours(selection: str, device: torch.devic
     assert chisquare(observed).pvalue > 1e-3
 
 
-def test_invalid_fanout() -> None:
-    with pytest.raises(ValueError, match="fanout"):
-        TorchNeighborSampler(torch.tensor([[0], [1]]), [0], num_nodes=2)
+@pytest.mark.parametrize("fanout", [[-2], [1, -5], ["a"]])
+def test_invalid_fanout(fanout: list) -> None:
+    with pytest.raises(ValueError, match="^num_neighbors: "):
+        TorchNeighborSampler(torch.tensor([[0], [1]]), fanout, num_nodes=2)
 
 
 def _random_graph(num_nodes: int, num_edges: int, seed: int) -> Data:
@@ -241,3 +242,55 @@ def test_layerwise_inference_equals_full_forward(fast: bool, device: torch.devic
         out = layerwise_inference(model, loader)
         assert out.device == data.x.device
         torch.testing.assert_close(out, model(data.x, data.edge_index), atol=1e-5, rtol=1e-4)
+
+
+def sampled_batchings(cfg, data: Data, device: torch.device):
+    """The same config evaluated by one full-batch forward and by layer-wise batches."""
+    from gnn.batching import SampledBatching
+
+    return [SampledBatching.from_config(cfg.override({"sampler.full_batch_eval": mode}), data,
+                                        device) for mode in ("always", "never")]
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_sampled_evaluation_full_batch_equals_layerwise(fast: bool, cora: Data,
+                                                         device: torch.device) -> None:
+    """Evaluation of sampled training by one full-batch forward (the cached mean operator)
+    gives the logits of layer-wise full-neighbourhood inference, up to float rounding."""
+    from gnn.models import build_model
+
+    cfg = load_config("configs/sage_sampling.yaml").override({
+        "sampler.backend": "torch", "train.device": device.type, "model.fast": fast})
+    full, layerwise = sampled_batchings(cfg, cora, device)
+    assert full.eval_loader is None and layerwise.eval_loader is not None
+    torch.manual_seed(0)
+    model = build_model(cfg.model, cora.num_features, int(cora.y.max()) + 1).to(device)
+    full.train_epoch(model, torch.optim.Adam(model.parameters(), lr=0.01))  # not the init
+    torch.testing.assert_close(full.predict(model), layerwise.predict(model), atol=1e-5,
+                               rtol=1e-4)
+
+
+def test_full_batch_evaluation_is_chosen_by_memory(cora: Data, monkeypatch) -> None:
+    """``auto``: a full-batch forward where its estimate fits in half the free memory, the
+    layer-wise loader where it does not; sampled inference always keeps its loader."""
+    import gnn.batching
+    from gnn.batching import SampledBatching
+
+    cfg = load_config("configs/sage_sampling.yaml").override({"sampler.backend": "torch"})
+    cpu = torch.device("cpu")
+    assert SampledBatching.from_config(cfg, cora, cpu).eval_loader is None
+    monkeypatch.setattr(gnn.batching, "free_memory", lambda device: 1 << 20)
+    assert SampledBatching.from_config(cfg, cora, cpu).eval_loader is not None
+    sampled = cfg.override({"sampler.inference": "sampled"})
+    monkeypatch.undo()
+    assert SampledBatching.from_config(sampled, cora, cpu).eval_loader is not None
+
+
+def test_fit_with_full_batch_evaluation_same_accuracy(cora: Data) -> None:
+    """The whole fit agrees: the same training, the same selected epoch and test accuracy."""
+    cfg = load_config("configs/sage_sampling.yaml").override({"sampler.backend": "torch",
+                                                              "train.epochs": 8})
+    full, layerwise = (fit(cfg.override({"sampler.full_batch_eval": mode}), cora)
+                       for mode in ("always", "never"))
+    assert full.best_epoch == layerwise.best_epoch
+    assert abs(full.test_acc - layerwise.test_acc) <= 0.002
