@@ -20,7 +20,7 @@ from gnn.sampling import (
     pyg_sampler_available,
 )
 from gnn.training import fit
-from tests.strategies import graphs
+from tests import strategies
 
 PYG_ONLY = pytest.mark.skipif(
     not pyg_sampler_available(),
@@ -28,16 +28,8 @@ PYG_ONLY = pytest.mark.skipif(
 fanouts = st.lists(st.sampled_from([-1, 1, 2, 3, 5]), min_size=1, max_size=3)
 
 
-@st.composite
-def sampling_cases(draw: st.DrawFn):
-    num_nodes, edge_index = draw(graphs(max_edges=120))
-    # add a hub so some nodes have many in-neighbours
-    if draw(st.booleans()) and num_nodes > 1:
-        hub = draw(st.integers(0, num_nodes - 1))
-        src = torch.arange(num_nodes)
-        edge_index = torch.cat([edge_index, torch.stack([src, torch.full_like(src, hub)])], 1)
-    seeds = draw(st.lists(st.integers(0, num_nodes - 1), unique=True, max_size=num_nodes))
-    return num_nodes, edge_index, torch.tensor(seeds, dtype=torch.long), draw(fanouts)
+def sampling_cases() -> st.SearchStrategy:
+    return strategies.sampling_cases(fanouts)
 
 
 def in_degree(edge_index: torch.Tensor, num_nodes: int) -> torch.Tensor:

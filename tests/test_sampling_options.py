@@ -18,22 +18,13 @@ from torch_geometric.sampler import EdgeSamplerInput, NodeSamplerInput, SamplerO
 from torch_geometric.testing import MyFeatureStore, MyGraphStore
 
 from gnn.sampling import TorchNeighborSampler, make_neighbor_loader
-from tests.strategies import graphs
+from tests.strategies import sampling_cases
 
 fanouts = st.lists(st.sampled_from([-1, 0, 1, 2, 3, 5]), min_size=1, max_size=3)
 
 
-@st.composite
-def cases(draw: st.DrawFn, max_edges: int = 100):
-    """(num_nodes, edge_index, seeds, fanouts): small graphs with multi-edges, self-loops,
-    isolated nodes and sometimes a hub; distinct seeds, as PyG's loaders give them."""
-    num_nodes, edge_index = draw(graphs(max_edges=max_edges))
-    if draw(st.booleans()) and num_nodes > 1:
-        hub = draw(st.integers(0, num_nodes - 1))
-        src = torch.arange(num_nodes)
-        edge_index = torch.cat([edge_index, torch.stack([src, torch.full_like(src, hub)])], 1)
-    seeds = draw(st.lists(st.integers(0, num_nodes - 1), unique=True, max_size=num_nodes))
-    return num_nodes, edge_index, torch.tensor(seeds, dtype=torch.long), draw(fanouts)
+def cases(max_edges: int = 100) -> st.SearchStrategy:
+    return sampling_cases(fanouts, max_edges=max_edges)
 
 
 def sampler(edge_index: torch.Tensor, num_nodes: int, fanout: list[int], seed: int,
