@@ -42,12 +42,13 @@ from gnn.training import FitResult, History, resolve_device, set_seed, versions
 #: one after the other.
 BATCHABLE = ("mlp", "gcn", "sage", "appnp")
 MAX_MEMBERS = 1_000_000
-#: ``auto`` keeps ``members x hidden_channels`` at most this wide. Measured on the 2-core
-#: development CPU (Cora, one thread, time per member-epoch against a standalone fit): GCN
-#: (16 hidden) 2.8x at 10 members, 2.5x at 20, 2.2x at 40; 64-hidden models 1.1-1.2x at 2-5
-#: members and slower than standalone fits at 20. Wider activations leave the caches: the
-#: first layer's CSR product then reads a row of the stacked weights per stored feature.
-AUTO_WIDTH = 256
+#: ``auto`` keeps ``members x hidden_channels`` at most this wide on a CPU. Measured on the
+#: 2-core development CPU (Cora, 20 seeds of 200 epochs, against 20 standalone fits): GCN (16
+#: hidden) 2.7x with one thread at 10 or 20 members, 3.2x at 10 and 3.6x at 20 with two; MLP
+#: (64 hidden) 1.9x (one thread) and 2.5x (two) at 4 members but 1.4x and 2.0x at 20; GraphSAGE
+#: 1.3x at 4 and 1.0x at 20. Wider stacked activations leave the caches: the first layer's CSR
+#: product then reads a long row of the stacked weights per stored feature.
+AUTO_WIDTH = 320
 
 
 def can_batch(cfg: Config) -> bool:

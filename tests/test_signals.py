@@ -151,3 +151,17 @@ def test_sigint_during_bench_keeps_complete_rows_and_resume_finishes(data_root: 
     keys = [(r["name"], r["seed"], r["device"]) for r in final]
     assert len(keys) == len(set(keys)) == 6
     assert [json.loads(line) for line in text.splitlines()] == final[: len(done)]
+
+
+def test_temporary_file_of_a_killed_writer_is_removed_by_the_next_write(tmp_path: Path) -> None:
+    """SIGKILL leaves no chance to clean up: a writer's temporary file names its pid, and the
+    next write into the folder removes those whose process is gone (and only those)."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".model.pt.{dead.pid}.k1ll3d.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    alive = tmp_path / f".model.pt.{os.getpid()}.wr1t1ng.tmp"
+    alive.write_bytes(b"being written")
+    atomic_write_bytes(tmp_path / "result.json", b"{}")
+    assert not stale.exists() and alive.exists()
+    assert (tmp_path / "result.json").read_bytes() == b"{}"
