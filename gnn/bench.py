@@ -31,7 +31,13 @@ from gnn.batching import make_batching
 from gnn.config import Config, SamplerConfig, config_names, did_you_mean, load_config
 from gnn.data import load_dataset
 from gnn.errors import ConfigError
-from gnn.files import append_line, atomic_write_text, complete_lines, ensure_writable_dir
+from gnn.files import (
+    append_line,
+    atomic_write_text,
+    complete_lines,
+    ensure_writable_dir,
+    signals_deferred,
+)
 from gnn.members import can_batch, fit_members, resolve_members
 from gnn.memory import PeakWindow, probe_for
 from gnn.timing import measure_latency
@@ -278,8 +284,10 @@ class RunLog:
         atomic_write_text(self.csv, "\n".join(lines) + "\n")
 
     def append(self, row: dict[str, Any]) -> None:
-        append_line(self.jsonl, _json_line(row))  # the JSONL first: resume trusts it
-        append_line(self.csv, _csv_line(csv_values(row)))
+        """One row in both files; a signal meanwhile waits until both lines are written."""
+        with signals_deferred():
+            append_line(self.jsonl, _json_line(row))  # the JSONL first: resume trusts it
+            append_line(self.csv, _csv_line(csv_values(row)))
 
 
 @dataclass

@@ -208,6 +208,28 @@ def sigterm_raises() -> Iterator[None]:
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
 
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM that arrive inside the block are noted and raised again when it ends,
+    so a few writes that belong together (a row in two files) all happen or none does. (A
+    thread's signal mask would not do: the kernel hands a process's signal to any thread that
+    does not block it, and torch's threads do not.) Outside the main thread it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda signum, frame: pending.append(signum))
+                for sig in held}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        if pending:
+            signal.raise_signal(pending[0])
+
+
 def append_line(path: str | os.PathLike[str], line: str) -> None:
     """Append one row as a single write, flushed and fsynced before returning: an interrupted
     writer leaves whole rows, plus at worst one cut last line that :func:`complete_lines`

@@ -165,3 +165,31 @@ def test_temporary_file_of_a_killed_writer_is_removed_by_the_next_write(tmp_path
     atomic_write_bytes(tmp_path / "result.json", b"{}")
     assert not stale.exists() and alive.exists()
     assert (tmp_path / "result.json").read_bytes() == b"{}"
+
+
+def test_a_signal_during_a_row_waits_for_both_files(tmp_path: Path) -> None:
+    """A bench row goes to runs.jsonl and runs.csv; SIGINT between the two writes is held
+    until both are written, so the files never disagree on the rows they hold."""
+    from gnn import bench
+
+    log = bench.RunLog(tmp_path)
+    log.start([])
+    real = bench.append_line
+    calls = []
+
+    def interrupted_after_first(path, line):
+        real(path, line)
+        calls.append(path)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)  # a handler that ran now would cut the row in half
+
+    row = {"name": "gcn", "dataset": "Cora", "device": "cpu", "seed": 0}
+    bench.append_line = interrupted_after_first
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            log.append(row)
+    finally:
+        bench.append_line = real
+    assert len(calls) == 2
+    assert log.jsonl.read_text().count("\n") == 1 and log.csv.read_text().count("\n") == 2
