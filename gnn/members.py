@@ -32,11 +32,11 @@ from gnn.batching import node_features
 from gnn.config import Config
 from gnn.data import load_dataset, num_classes, training_view
 from gnn.errors import ConfigError, TrainingError
-from gnn.kernels import gcn_operator, linear, mean_operator, propagate
+from gnn.kernels import GraphCache, gcn_operator, linear, mean_operator, propagate
 from gnn.metrics import classification_metrics
 from gnn.models import build_model, count_parameters
 from gnn.timing import Timer
-from gnn.training import FitResult, History, resolve_device, set_seed, versions
+from gnn.training import FitResult, History, fit, resolve_device, set_seed, versions
 
 #: Models whose members train batched; the others (GAT, sampled GraphSAGE) train their members
 #: one after the other.
@@ -123,8 +123,8 @@ class StackedModel(nn.Module):
             self.biases.append(nn.Parameter(torch.stack(b).reshape(-1)))
             if r[0] is not None:
                 self.roots.append(nn.Parameter(_stack(r, first=i == 0)))
-        self.cache: dict[str, tuple[Tensor, Tensor]] = {}
-        self.pattern_t: tuple[Tensor, tuple[Tensor, Tensor, Tensor]] | None = None
+        # the graph's operator and the input pattern's transpose, built once per graph
+        self.graph_cache, self.pattern_cache = GraphCache(), GraphCache()
 
     def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
         """Logits ``[N, M, classes]``."""
@@ -138,7 +138,7 @@ class StackedModel(nn.Module):
             if i < last:
                 h = _dropout(torch.relu(h), self.dropout, self.training)
         if self.name == "appnp":
-            adj = self._operator(edge_index, n, gcn_operator)
+            adj = self.graph_cache.get(edge_index, gcn_operator, n)
             out = h
             for _ in range(self.K):
                 out = (1 - self.alpha) * propagate(adj, out) + self.alpha * h
@@ -150,9 +150,9 @@ class StackedModel(nn.Module):
         if self.name in ("mlp", "appnp"):
             return self._linear(i, h, self.weights) + bias
         if self.name == "gcn":
-            adj = self._operator(edge_index, n, gcn_operator)
+            adj = self.graph_cache.get(edge_index, gcn_operator, n)
             return propagate(adj, self._linear(i, h, self.weights), bias)
-        adj = self._operator(edge_index, n, mean_operator)  # sage: mean aggregation + root
+        adj = self.graph_cache.get(edge_index, mean_operator, n)  # sage: mean aggregation + root
         return propagate(adj, self._linear(i, h, self.weights), bias) \
             + self._linear(i, h, self.roots)
 
@@ -161,9 +161,8 @@ class StackedModel(nn.Module):
         w = weights[i]
         if i == 0:
             if isinstance(h, MemberCSR):  # per-member input dropout on CSR features
-                if self.pattern_t is None or self.pattern_t[0] is not h.pattern:
-                    self.pattern_t = (h.pattern, _pattern_transpose(h.pattern))
-                return _MemberCSRProduct.apply(h, self.pattern_t[1], w)
+                transpose = self.pattern_cache.get(h.pattern, _pattern_transpose)
+                return _MemberCSRProduct.apply(h, transpose, w)
             if h.dim() == 3:  # per-member input dropout on dense features
                 return torch.bmm(h, w.view(w.size(0), self.members, -1).transpose(0, 1)) \
                     .transpose(0, 1).reshape(h.size(1), -1)
@@ -172,13 +171,6 @@ class StackedModel(nn.Module):
         n = h.size(0)
         out = torch.bmm(h.view(n, self.members, -1).transpose(0, 1), w)
         return out.transpose(0, 1).reshape(n, -1)
-
-    def _operator(self, edge_index: Tensor, n: int, build) -> Tensor:
-        key = build.__name__
-        cached = self.cache.get(key)
-        if cached is None or cached[0] is not edge_index:
-            self.cache[key] = (edge_index, build(edge_index, n))
-        return self.cache[key][1]
 
     def member_state(self, m: int) -> dict[str, Tensor]:
         """Member ``m``'s weights as the standalone model's state dict."""
@@ -468,7 +460,7 @@ def _final_member_logits(cfg: Config, model: StackedModel, sel: MemberSelection,
     with torch.no_grad():
         for best, p in zip(sel.best_state, model.parameters(), strict=True):
             p.copy_(best)
-    model.cache.clear()
+    model.graph_cache.clear()
     x = node_features(data, cfg).to(device)
     return _predict(model, x, data.edge_index.to(device)).float()
 
@@ -502,8 +494,6 @@ def fit_many(cfg: Config, seeds: Sequence[int], data: Data | None = None,
              members: int | None = None) -> list[FitResult]:
     """One result per seed: batched in runs of ``members`` where the model batches, else one
     :func:`gnn.training.fit` after another."""
-    from gnn.training import fit
-
     data = load_dataset(cfg.data) if data is None else data
     if not can_batch(cfg) or members == 1:
         return [fit(cfg.override({"train.seed": s}), data) for s in seeds]
