@@ -76,7 +76,7 @@ def run_key(row: Mapping[str, Any]) -> RunKey:
 
 @dataclass
 class Summary:
-    """One model x device over its seeds."""
+    """One model x device over its runs (every split and seed)."""
 
     name: str
     device: str
