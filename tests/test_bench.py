@@ -134,6 +134,40 @@ def test_quick_summary_json(quick: tuple[Path, str, str]) -> None:
                for c in record["comparisons"])
 
 
+def bench_takes_splits() -> bool:
+    """Whether ``gnn bench`` has ``--splits`` (random splits) in this tree."""
+    from gnn.cli import build_parser
+    from gnn.errors import UsageError
+
+    try:
+        build_parser().parse_args(["bench", "--splits", "2", "--split", "random"])
+    except UsageError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not bench_takes_splits(), reason="gnn bench has no --splits here")
+def test_quick_bench_over_splits_reports_split_statistics(data_root: Path,
+                                                          tmp_path: Path) -> None:
+    """Two random splits x two seeds: the between-split part, the pairing on (split, seed)
+    and the ranks over both splits reach summary.json and summary.md."""
+    out = tmp_path / "bench"
+    assert main(["bench", "--quick", "--models", "mlp", "gcn", "--splits", "2", "--split",
+                 "random", "--seeds", "2", "--no-progress", "--root", str(data_root),
+                 "--out", str(out)]) == 0
+    record = json.loads((out / "summary.json").read_text())
+    assert record["splits"] == [0, 1]
+    for model in record["models"]:
+        assert model["test_acc"]["splits"] == 2 and model["test_acc"]["notes"] == []
+        assert model["test_acc"]["std_between_splits"] is not None
+    (comparison,) = record["comparisons"]
+    assert comparison["test"] == "wilcoxon" and comparison["pairs"] == 4
+    assert all(m["splits"] == 2 for m in record["ranks"][0]["models"])
+    summary = (out / "summary.md").read_text()
+    assert "2 splits (0, 1) × 2 seeds (0, 1)" in summary
+    assert (out / "accuracy_per_split.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
 class Interrupt:
     """Wraps ``bench.run_one``: counts the runs, and raises Ctrl-C on run ``at`` (1-based)."""
 
