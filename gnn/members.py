@@ -33,7 +33,15 @@ from gnn.batching import node_features
 from gnn.config import Config
 from gnn.data import load_dataset, num_classes, training_view
 from gnn.errors import ConfigError, TrainingError
-from gnn.kernels import GraphCache, gcn_operator, linear, mean_operator, propagate
+from gnn.kernels import (
+    GraphCache,
+    csr_rows,
+    gcn_operator,
+    linear,
+    mean_operator,
+    propagate,
+    with_transpose,
+)
 from gnn.metrics import member_metrics
 from gnn.models import build_model, count_parameters
 from gnn.timing import Timer
@@ -126,38 +134,65 @@ class StackedModel(nn.Module):
             self.biases.append(nn.Parameter(torch.stack(b).reshape(-1)))
             if r[0] is not None:
                 self.roots.append(nn.Parameter(_stack(r, first=i == 0)))
-        # the graph's operator and the input pattern's transpose, built once per graph
+        # the graph's operator and the input pattern's transpose, built once per graph; the
+        # operator's and the input's rows that training and evaluation read
         self.graph_cache, self.pattern_cache = GraphCache(), GraphCache()
+        self.row_caches = {True: GraphCache(), False: GraphCache()}
+        self.input_caches = {True: GraphCache(), False: GraphCache()}
 
-    def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
-        """Logits ``[N, M, classes]``."""
+    def forward(self, x: Tensor, edge_index: Tensor, rows: Tensor | None = None) -> Tensor:
+        """Logits ``[N, M, classes]``, or ``[len(rows), M, classes]`` for the nodes ``rows``
+        alone: the last propagation then reaches those rows only (an MLP computes only them),
+        and the loss's gradient is not scattered back into all N rows."""
         n = x.size(0)
+        if self.name == "mlp" and rows is not None:
+            x, n, rows = self._rows(x, rows), len(rows), None
         if self.name == "appnp":
             x = _member_dropout(x, self.dropout, self.training, self.members)
         h = x
         last = len(self.weights) - 1
         for i in range(len(self.weights)):
-            h = self._layer(i, h, edge_index, n)
+            h = self._layer(i, h, edge_index, n, rows if i == last else None)
             if i < last:
                 h = _dropout(torch.relu(h), self.dropout, self.training)
         if self.name == "appnp":
-            adj = self.graph_cache.get(edge_index, gcn_operator, n)
-            out = h
-            for _ in range(self.K):
-                out = (1 - self.alpha) * propagate(adj, out) + self.alpha * h
-            h = out
-        return h.view(n, self.members, -1)
+            h = self._personalized_pagerank(h, edge_index, n, rows)
+        return h.view(h.size(0), self.members, -1)
 
-    def _layer(self, i: int, h: Tensor, edge_index: Tensor, n: int) -> Tensor:
+    def _layer(self, i: int, h: Tensor, edge_index: Tensor, n: int,
+               rows: Tensor | None) -> Tensor:
         bias = self.biases[i]
         if self.name in ("mlp", "appnp"):
             return self._linear(i, h, self.weights) + bias
-        if self.name == "gcn":
-            adj = self.graph_cache.get(edge_index, gcn_operator, n)
-            return propagate(adj, self._linear(i, h, self.weights), bias)
-        adj = self.graph_cache.get(edge_index, mean_operator, n)  # sage: mean aggregation + root
-        return propagate(adj, self._linear(i, h, self.weights), bias) \
-            + self._linear(i, h, self.roots)
+        adj = self._operator(edge_index, n, rows)
+        out = propagate(adj, self._linear(i, h, self.weights), bias)
+        if self.name == "sage":  # mean aggregation + root weight
+            out = out + self._linear(i, h if rows is None else self._rows(h, rows), self.roots)
+        return out
+
+    def _personalized_pagerank(self, h: Tensor, edge_index: Tensor, n: int,
+                               rows: Tensor | None) -> Tensor:
+        """APPNP's K steps; with ``rows``, the last one to those rows only."""
+        out = h
+        for step in range(self.K):
+            last = rows is not None and step == self.K - 1
+            adj = self._operator(edge_index, n, rows if last else None)
+            out = (1 - self.alpha) * propagate(adj, out) \
+                + self.alpha * (h.index_select(0, rows) if last else h)
+        return out if rows is None or self.K else h.index_select(0, rows)
+
+    def _operator(self, edge_index: Tensor, n: int, rows: Tensor | None) -> Tensor:
+        """The model's propagation operator, or its rows ``rows`` (cached per mode: training
+        and evaluation read different rows)."""
+        build = mean_operator if self.name == "sage" else gcn_operator
+        adj = self.graph_cache.get(edge_index, build, n)
+        if rows is None:
+            return adj
+        return self.row_caches[self.training].get(adj, _operator_rows, rows)
+
+    def _rows(self, x: Tensor, rows: Tensor) -> Tensor:
+        """Rows ``rows`` of an input (CSR or dense), cached per mode."""
+        return self.input_caches[self.training].get(x, _input_rows, rows)
 
     def _linear(self, i: int, h: Tensor, weights: nn.ParameterList) -> Tensor:
         """Every member's ``h_m @ W_m``: one (CSR) product for layer 0, one bmm after."""
@@ -200,6 +235,14 @@ class StackedModel(nn.Module):
             raise RuntimeError(f"member {m} was already released")
         model.load_state_dict(self.member_state(m), strict=False)
         return model
+
+
+def _operator_rows(adj: Tensor, rows: Tensor) -> Tensor:
+    return with_transpose(csr_rows(adj, rows))
+
+
+def _input_rows(x: Tensor, rows: Tensor) -> Tensor:
+    return csr_rows(x, rows) if x.layout == torch.sparse_csr else x.index_select(0, rows)
 
 
 def _names(model: str, layers: int) -> list[tuple[str, str, str | None]]:
@@ -444,8 +487,7 @@ def _train_members(cfg: Config, model: StackedModel, optimizer: torch.optim.Opti
         with loop:
             model.train()
             optimizer.zero_grad(set_to_none=True)
-            losses = member_losses(model(b.x, b.edge_index).index_select(0, b.rows),
-                                   b.y_train, b.train)
+            losses = member_losses(model(b.x, b.edge_index, b.rows), b.y_train, b.train)
             losses.sum().backward()
             optimizer.step()
         if not bool(torch.isfinite(losses).all()):
@@ -453,7 +495,7 @@ def _train_members(cfg: Config, model: StackedModel, optimizer: torch.optim.Opti
                                 f"{int((~torch.isfinite(losses)).nonzero()[0])})")
         if epoch not in evals:
             continue
-        pred = _predict(model, b.x, b.edge_index).index_select(0, b.seen_rows).argmax(-1)
+        pred = _predict(model, b.x, b.edge_index, b.seen_rows).argmax(-1)
         _select(model, sel, epoch, losses.detach().cpu(),
                 member_accuracy(pred, b.y_seen, b.train_seen).cpu(),
                 member_accuracy(pred, b.y_seen, b.val_seen).cpu())
@@ -497,8 +539,7 @@ class DeviceSteps:
         b, model = self.b, self.model
         model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        losses = member_losses(model(b.x, b.edge_index).index_select(0, b.rows), b.y_train,
-                               b.train)
+        losses = member_losses(model(b.x, b.edge_index, b.rows), b.y_train, b.train)
         losses.sum().backward()
         self.optimizer.step()
         self.epoch += 1
@@ -508,7 +549,7 @@ class DeviceSteps:
         b, model = self.b, self.model
         model.eval()
         with torch.no_grad():
-            pred = model(b.x, b.edge_index).index_select(0, b.seen_rows).argmax(-1)
+            pred = model(b.x, b.edge_index, b.seen_rows).argmax(-1)
             val_acc = member_accuracy(pred, b.y_seen, b.val_seen)
             accs = torch.stack([member_accuracy(pred, b.y_seen, b.train_seen), val_acc])
             self.acc_log.index_copy_(0, self.evals.view(1), accs.unsqueeze(0))
@@ -596,10 +637,11 @@ def _train_members_on_device(cfg: Config, steps: DeviceSteps, device: torch.devi
     return steps.selection(), loop
 
 
-def _predict(model: StackedModel, x: Tensor, edge_index: Tensor) -> Tensor:
+def _predict(model: StackedModel, x: Tensor, edge_index: Tensor,
+             rows: Tensor | None = None) -> Tensor:
     model.eval()
     with torch.inference_mode():
-        return model(x, edge_index)
+        return model(x, edge_index, rows)
 
 
 def _select(model: StackedModel, sel: MemberSelection, epoch: int, losses: Tensor,
@@ -638,7 +680,8 @@ def _final_member_logits(cfg: Config, model: StackedModel, sel: MemberSelection,
     with torch.no_grad():
         for best, p in zip(sel.best_state, model.parameters(), strict=True):
             p.copy_(best)
-    model.graph_cache.clear()
+    for cache in (model.graph_cache, *model.row_caches.values(), *model.input_caches.values()):
+        cache.clear()
     x = node_features(data, cfg, model.members * cfg.model.hidden_channels).to(device)
     return _predict(model, x, data.edge_index.to(device)).float()
 
