@@ -110,6 +110,7 @@ class FitResult:
     world_size: int = 1
     members: int = 1  # members trained together in one batched run (gnn.members)
     run_time_s: float = 0.0  # wall time of the whole run (all its members)
+    split: int = 0  # split id: data.split_seed of a random split, 0 for the public split
     trained: nn.Module | None = _in_memory()
     data: Data | None = _in_memory()
 
@@ -126,7 +127,9 @@ class FitResult:
                 f"test_macro_f1={self.test_macro_f1:.4f} "
                 f"total_train_time_s={self.total_train_time_s:.3f} "
                 f"train_loop_time_s={self.train_loop_time_s:.3f}"
-                + (f" world_size={self.world_size}" if self.world_size > 1 else ""))
+                + (f" world_size={self.world_size}" if self.world_size > 1 else "")
+                + (f" split_seed={self.split}" if self.config.get("data", {}).get("split")
+                   == "random" else ""))
 
 
 @dataclass
@@ -254,7 +257,7 @@ def make_result(cfg: Config, run: Setup, sel: Selection, logits: Tensor) -> FitR
         train_loop_time_s=sel.loop_timer.total, epoch_times_s=sel.loop_timer.laps,
         history=sel.history, config=cfg.to_dict(), versions=versions(),
         threads=torch.get_num_threads(), timestamp=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        run_time_s=sel.total_time, trained=run.model, data=data)
+        run_time_s=sel.total_time, split=cfg.data.split_seed, trained=run.model, data=data)
 
 
 def fit(cfg: Config, data: Data | None = None, *, batching: BatchingFactory = make_batching,
