@@ -45,7 +45,12 @@ class ModelConfig:
     heads: int = field(default=8, metadata=_range(1, 256))  # GAT: attention heads, hidden layers
     attn_dropout: float = field(default=0.6, metadata=_range(0.0, 1.0, hi_open=True))  # GAT
     K: int = field(default=10, metadata=_range(1, 1000))  # APPNP: propagation steps
-    alpha: float = field(default=0.1, metadata=_range(0.0, 1.0))  # APPNP: teleport probability
+    # APPNP, label propagation: teleport (restart) probability; GCNII: initial-residual weight
+    alpha: float = field(default=0.1, metadata=_range(0.0, 1.0))
+    theta: float = field(default=0.5, metadata=_range(0.0, 100.0))  # GCNII: identity mapping
+    # C&S: PyG CorrectAndSmooth's alphas (the weight of the propagated term), K steps each
+    correction_alpha: float = field(default=1.0, metadata=_range(0.0, 1.0))
+    smoothing_alpha: float = field(default=0.8, metadata=_range(0.0, 1.0))
     fast: bool = True  # cached normalised CSR adjacency and sparse-aware layers
 
 
@@ -93,6 +98,8 @@ class TrainConfig:
     eval_every: int = field(default=1, metadata=_range(1, 10_000_000))
     lr: float = field(default=0.01, metadata=_range(0.0, 100.0, lo_open=True))
     weight_decay: float = field(default=5e-4, metadata=_range(0.0, 100.0))
+    # GCNII: weight decay of the convolutions (null: weight_decay), the paper's two-group recipe
+    conv_weight_decay: float | None = field(default=None, metadata=_range(0.0, 100.0))
     seed: int = field(default=0, metadata=_range(0, 2**32 - 1))  # numpy's seed range
     device: str = field(default="cpu", metadata={"choices": ("cpu", "cuda")})
     compile: bool = False

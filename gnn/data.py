@@ -37,12 +37,38 @@ from torch_geometric.transforms import NormalizeFeatures
 
 from gnn.config import DataConfig, did_you_mean, show
 from gnn.errors import ConfigError, DataError
+from gnn.npz import read_graph_npz
 from gnn.synthetic import check_csbm, csbm
 
 #: Lower-case name -> PyG's spelling. Every Planetoid dataset goes through the same code;
 #: ``csbm`` is generated (:mod:`gnn.synthetic`).
 PLANETOID: dict[str, str] = {"cora": "Cora", "citeseer": "CiteSeer", "pubmed": "PubMed"}
-DATASETS: dict[str, str] = {**PLANETOID, "csbm": "csbm"}
+
+
+@dataclass(frozen=True)
+class NpzSource:
+    """A graph stored as one ``.npz`` file (:mod:`gnn.npz`), where PyG's dataset of the same
+    family fetches it; such graphs have no public split."""
+
+    name: str  # our spelling, e.g. Amazon-Computers
+    family: str  # PyG's dataset class: Amazon, Coauthor or CitationFull
+    folder: str  # PyG's folder for it under a root of that class
+    file: str
+    url: str
+
+
+_SHCHUR = "https://github.com/shchur/gnn-benchmark/raw/master/data/npz"
+_G2G = "https://github.com/abojchevski/graph2gauss/raw/master/data"
+NPZ: dict[str, NpzSource] = {s.name.lower(): s for s in (
+    NpzSource("Amazon-Computers", "Amazon", "Computers", "amazon_electronics_computers.npz",
+              _SHCHUR),
+    NpzSource("Amazon-Photo", "Amazon", "Photo", "amazon_electronics_photo.npz", _SHCHUR),
+    NpzSource("Coauthor-CS", "Coauthor", "CS", "ms_academic_cs.npz", _SHCHUR),
+    NpzSource("Coauthor-Physics", "Coauthor", "Physics", "ms_academic_phy.npz", _SHCHUR),
+    *(NpzSource(f"CitationFull-{name}", "CitationFull", name.lower(), f"{name.lower()}.npz",
+                _G2G) for name in ("Cora", "CiteSeer", "PubMed", "Cora_ML", "DBLP")),
+)}
+DATASETS: dict[str, str] = {**PLANETOID, **{k: s.name for k, s in NPZ.items()}, "csbm": "csbm"}
 PLANETOID_FILES = ("x", "tx", "allx", "y", "ty", "ally", "graph", "test.index")
 
 #: SHA-256 of the public raw files (as PyG downloads them). A dataset without an entry is
@@ -409,6 +435,62 @@ def _process_into(work: Path, raw_dir: Path, name: str, hashes: dict[str, str]) 
 
 
 # --------------------------------------------------------------------------------------------
+# Graphs stored as .npz files
+
+
+def npz_candidates(root: Path, source: NpzSource) -> list[Path]:
+    """Where an ``.npz`` graph is looked for: ``root/<Name>/raw`` and PyG's layout for a root of
+    the family, ``root/<Family>/<folder>/raw``."""
+    return [root / source.name / "raw" / source.file,
+            root / source.family / source.folder / "raw" / source.file]
+
+
+def _npz_missing(root: Path, source: NpzSource, reason: str) -> str:
+    folders = " or ".join(str(p.parent) for p in npz_candidates(root, source))
+    return (f"{source.name}: raw file not found ({reason}); looked for {source.file} in "
+            f"{folders}; put it there or point at its root with --root DIR or "
+            "GNN_DATA_ROOT=DIR")
+
+
+def _download_npz(root: Path, source: NpzSource) -> Path:
+    """Fetch the file as PyG's dataset would, into ``root/<Name>/raw``, all or nothing."""
+    from torch_geometric.io import fs
+
+    target = root / source.name / "raw" / source.file
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-") as tmp:
+        fs.cp(f"{source.url}/{source.file}", tmp)
+        os.replace(Path(tmp) / source.file, target)
+    return target
+
+
+def load_npz_graph(name: str, root: str | os.PathLike[str] | None = None, *,
+                   download: bool = True) -> Data:
+    """An ``.npz`` graph by name (:data:`NPZ`), downloaded when missing and the network is
+    reachable; read with :func:`gnn.npz.read_graph_npz` (no unpickling) and checked."""
+    source = NPZ[name.lower()]
+    root_path = resolve_root(root)
+    path = next((p for p in npz_candidates(root_path, source) if p.is_file()), None)
+    if path is None:
+        if not download:
+            raise DataError(_npz_missing(root_path, source, "downloads disabled"))
+        target = root_path if _is_writable(root_path) else cache_dir() / "data"
+        try:
+            path = _download_npz(target, source)
+        except Exception as exc:  # network errors come in many types
+            reason = f"download failed: {exc.__class__.__name__}"
+            raise DataError(_npz_missing(root_path, source, reason)) from None
+    data = read_graph_npz(path)
+    try:
+        check_graph(data)
+    except DataError as exc:
+        raise DataError(f"{source.name}: {path.name} fails the structural checks: {exc}") from None
+    data.name = source.name
+    data.raw_sha256 = {source.file: sha256_file(path)}  # the dataset's identity
+    return data
+
+
+# --------------------------------------------------------------------------------------------
 # Random splits
 
 
@@ -584,6 +666,9 @@ def check_data_config(cfg: DataConfig) -> None:
                           f"{', '.join(sorted(DATASETS.values()))}")
     if cfg.name.lower() == "csbm":
         check_csbm(cfg)
+    if cfg.name.lower() in NPZ and cfg.split != "random":
+        raise ConfigError(f"data.split: {NPZ[cfg.name.lower()].name} has no public split; "
+                          "use data.split: random")
 
 
 def load_dataset(cfg: DataConfig) -> Data:
@@ -591,9 +676,13 @@ def load_dataset(cfg: DataConfig) -> Data:
     component when asked, row-normalised features (bag-of-words features: Planetoid, binary
     csbm; Gaussian csbm features are standardised by construction and left as they are), and
     the masks of split ``split_seed`` for ``split: random``."""
+    check_data_config(cfg)
     if cfg.name.lower() == "csbm":
         data = csbm(cfg)
         normalize = cfg.normalize_features and cfg.features == "binary"
+    elif cfg.name.lower() in NPZ:
+        data = load_npz_graph(cfg.name, cfg.root, download=cfg.download)
+        normalize = cfg.normalize_features
     else:
         data = load_planetoid(cfg.name, cfg.root, download=cfg.download,
                               trust_data=cfg.trust_data)
