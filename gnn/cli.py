@@ -48,8 +48,19 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, help="number of epochs (overrides train.epochs)")
     p.add_argument("--device", help="cpu or cuda (overrides train.device)")
     p.add_argument("--split-mode", help="transductive or inductive (overrides data.split_mode)")
+    _add_split_options(p)
+    p.add_argument("--split-seed", type=int, metavar="N",
+                   help="with --split random: which random split (overrides data.split_seed)")
     p.add_argument("--trust-data", action="store_true", default=None,
                    help="load raw files whose SHA-256 differs from the public ones (warning)")
+
+
+def _add_split_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--split", choices=("public", "random"),
+                   help="the dataset's public split or stratified random splits "
+                        "(overrides data.split)")
+    p.add_argument("--largest-component", action="store_true", default=None,
+                   help="keep the largest connected component (data.largest_component)")
 
 
 def build_parser() -> Parser:
@@ -123,6 +134,10 @@ def _add_bench(sub: Any) -> None:
                             f"project's are {', '.join(shipped_models())})")
     bench.add_argument("--seeds", type=int,
                        help="seeds 0..N-1 per model and device (default 5; 2 with --quick)")
+    bench.add_argument("--splits", type=int, default=1, metavar="K",
+                       help="random splits 0..K-1 (split seeds) per model and device, each "
+                            "with every seed (default 1; K > 1 needs --split random)")
+    _add_split_options(bench)
     bench.add_argument("--devices", nargs="+", choices=("cpu", "cuda"), default=["cpu"],
                        help="devices to run on (default: cpu)")
     bench.add_argument("--dataset", help="dataset for every model (default: each config's)")
@@ -156,7 +171,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         "train.seed": args.seed, "train.epochs": args.epochs, "train.device": args.device,
         "data.trust_data": args.trust_data,
         "train.progress": getattr(args, "progress", None),
-        "data.split_mode": args.split_mode,
+        "data.split_mode": args.split_mode, "data.split": args.split,
+        "data.split_seed": args.split_seed, "data.largest_component": args.largest_component,
     }
     return cfg.override(overrides)
 
@@ -388,9 +404,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.memory_budget_mb is not None and not args.memory_budget_mb > 0:
         raise ConfigError(f"--memory-budget-mb: must be > 0, got {args.memory_budget_mb}")
     overrides = {"data.name": args.dataset, "data.root": args.root, "train.epochs": epochs,
-                 "data.trust_data": args.trust_data, "train.progress": False}
+                 "data.trust_data": args.trust_data, "train.progress": False,
+                 "data.split": args.split, "data.largest_component": args.largest_component}
     members = parse_members(args.members)
-    plan = bench.plan_runs(names, seeds, args.devices, configs_dir, overrides)
+    plan = bench.plan_runs(names, seeds, args.devices, configs_dir, overrides, args.splits)
     latency = bench.QUICK_LATENCY if args.quick else bench.LatencySettings()
     out = Path(args.out)
     try:
