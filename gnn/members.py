@@ -448,14 +448,7 @@ def fit_members(cfg: Config, seeds: Sequence[int], data: Data | None = None,
         raise ValueError(f"{len(seeds)} seeds but {len(ids)} split ids")
     inductive = cfg.data.split_mode == "inductive"
     if splits is not None and masks is None:
-        if inductive and len(set(ids)) > 1:
-            raise ConfigError("data.split_mode: inductive members of one run share one split "
-                              f"(one training graph), got splits {sorted(set(ids))}")
-        split_rows = split_masks(data, cfg.data, sorted(set(ids)))
-        if inductive:
-            data = with_split(data, split_rows, ids[0])
-        else:
-            masks = MemberMasks.of_splits(split_rows, ids)
+        data, masks = _on_splits(cfg, data, ids)
     seen = training_view(data) if inductive else data
     masks = masks or MemberMasks.shared(seen, len(seeds))
     model = _initial_members(cfg, data, seeds).to(device)
@@ -472,6 +465,19 @@ def fit_members(cfg: Config, seeds: Sequence[int], data: Data | None = None,
     return [_member_result(cfg, data, seen, model, sel, m, (ids[m], seed), metrics[m],
                            final, str(logits.device), run_time, loop)
             for m, seed in enumerate(seeds)]
+
+
+def _on_splits(cfg: Config, data: Data, ids: Sequence[int]) -> tuple[Data, MemberMasks | None]:
+    """The graph and member masks for members on split ids ``ids``: each member's own masks
+    on the shared graph (transductive), or the one split's graph (inductive: its training view
+    is the graph the run trains on, so one run cannot mix splits)."""
+    split_rows = split_masks(data, cfg.data, sorted(set(ids)))
+    if cfg.data.split_mode != "inductive":
+        return data, MemberMasks.of_splits(split_rows, ids)
+    if len(set(ids)) > 1:
+        raise ConfigError("data.split_mode: inductive members of one run share one split "
+                          f"(one training graph), got splits {sorted(set(ids))}")
+    return with_split(data, split_rows, ids[0]), None
 
 
 def _initial_members(cfg: Config, data: Data, seeds: Sequence[int]) -> StackedModel:

@@ -30,7 +30,6 @@ from gnn.kernels import (
     FastDropout,
     GraphCache,
     SparseAwareLinear,
-    _tensor_key,
     adjacency_operator,
     feature_dropout,
     gcn_operator,
@@ -344,16 +343,27 @@ class SGC(nn.Module):
         if not self.fast:
             return self.conv(x.to_dense() if x.layout == torch.sparse_csr else x, edge_index)
         adj = self.graph_cache.get(edge_index, gcn_operator, x.size(0))
-        h = self.feature_cache.get(x, lambda x, *graph: self._propagated(x, adj),
-                                   *_tensor_key(edge_index))
+        # keyed on the graph and on where the features live, not on their version counter:
+        # torch bumps a CSR tensor's version when it is read densely under inference_mode
+        h, _ = self.feature_cache.get(edge_index, lambda *_: (self._propagated(x, adj), x),
+                                      *_storage_key(x))
         return self.conv.lin(h)
 
     def _propagated(self, x: Tensor, adj: Tensor) -> Tensor:
-        with torch.no_grad():
+        # a normal tensor even when first computed for an evaluation, so training can use it
+        with torch.inference_mode(False), torch.no_grad():
             h = x.to_dense() if x.layout == torch.sparse_csr else x
             for _ in range(self.conv.K):
                 h = propagate(adj, h)
         return h
+
+
+def _storage_key(x: Tensor) -> tuple[Any, ...]:
+    """Where a (CSR or dense) tensor's data lives, and its shape (the cache holds the tensor,
+    so the memory cannot be reused by another one while the key is kept)."""
+    parts = (x.crow_indices(), x.col_indices(), x.values()) if x.layout == torch.sparse_csr \
+        else (x,)
+    return (*(p.data_ptr() for p in parts), tuple(x.shape), x.device)
 
 
 class CSRGCN2Conv(GCN2Conv):

@@ -141,3 +141,25 @@ def test_checkpoint_of_a_label_reading_model_predicts_as_trained(
         rows = list(csv.DictReader(handle))
     acc = statistics.fmean(int(r["pred"]) == int(y[int(r["node"])]) for r in rows)
     assert acc == pytest.approx(json.loads(record.read_text())["test_acc"], abs=1e-6)  # float32
+
+
+def test_sgc_propagates_features_once_per_graph(cora: Data, monkeypatch: pytest.MonkeyPatch
+                                                ) -> None:
+    """Evaluation (under inference_mode, where torch bumps a CSR tensor's version when it is
+    read densely) and training reuse the propagated features; a new graph recomputes them."""
+    from gnn.models import SGC, build_model
+
+    cfg = config("sgc")
+    model = build_model(cfg.model, cora.num_features, 7)
+    calls = []
+    real = SGC._propagated
+    monkeypatch.setattr(SGC, "_propagated", lambda self, x, adj: calls.append(1) or
+                        real(self, x, adj))
+    feed = make_batching(cfg, cora, torch.device("cpu"))
+    for _ in range(3):
+        feed.predict(model)
+        model.train()
+        model(feed.x, feed.edge_index)
+    assert len(calls) == 1
+    model(feed.x, feed.edge_index.flip(0).contiguous())
+    assert len(calls) == 2
