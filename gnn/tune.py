@@ -52,6 +52,8 @@ CONNECT_TIMEOUT_S = 10
 #: Seconds a SQLite writer waits for another process's write to finish.
 SQLITE_TIMEOUT_S = 60
 MAX_TRIALS = 100_000
+#: PostgreSQL advisory lock held while a worker creates (or checks) Optuna's tables.
+ADVISORY_LOCK_KEY = 0x676E6E74756E65  # "gnntune"
 STUDY_DB = "study.db"
 FINISHED = ("COMPLETE", "PRUNED")
 
@@ -313,13 +315,22 @@ class Objective:
         try:
             cfg = check_config(self.job.base.override(params))
             results = fit_trial(cfg, self.data, self.job.splits, self.job.seeds)
-        except (ConfigError, TrainingError) as exc:  # a configuration that cannot train
-            trial.set_user_attr("note", f"failed: {' '.join(str(exc).split())}"[:300])
+        except (ConfigError, TrainingError, MemoryError, torch.OutOfMemoryError) as exc:
+            # a configuration that cannot train (a non-finite loss, too large for the machine):
+            # an outcome of the search, which uses up its place in the budget
+            trial.set_user_attr("note", _note("cannot train", exc))
             raise optuna.TrialPruned(str(exc)) from None
+        except Exception as exc:
+            trial.set_user_attr("note", _note("error", exc))
+            raise
         accs = [r.val_acc for r in results]
         trial.set_user_attr("val_acc_std", statistics.stdev(accs) if len(accs) > 1 else 0.0)
         trial.set_user_attr("fits", len(accs))
         return statistics.fmean(accs)
+
+
+def _note(what: str, exc: BaseException) -> str:
+    return f"{what}: {type(exc).__name__}: {' '.join(str(exc).split())}"[:300]
 
 
 def within_budget(study: Any, number: int, budget: int) -> bool:
@@ -400,7 +411,7 @@ def open_storage(settings: StorageSettings) -> Any:
     url = engine_url(settings.url)
     settings.check()
     try:
-        with _sqlite_lock(url), warnings.catch_warnings():
+        with _creation_lock(url), warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=settings.retries)
             storage = optuna.storages.RDBStorage(
@@ -423,15 +434,30 @@ def _reason(exc: BaseException) -> str:
 
 
 @contextmanager
-def _sqlite_lock(url: Any) -> Iterator[None]:
-    """Local workers that open a new SQLite study at once would race to create its tables: a
-    file lock beside the database lets one create them first."""
-    if url.get_backend_name() != "sqlite" or not url.database:
-        yield
-        return
-    from filelock import FileLock
+def _creation_lock(url: Any) -> Iterator[None]:
+    """Workers that open a new database at once would race to create Optuna's tables: one
+    creates them first, the others wait (a file lock beside a SQLite file, an advisory lock
+    on a PostgreSQL server)."""
+    backend = url.get_backend_name()
+    if backend == "sqlite" and url.database and url.database != ":memory:":
+        from filelock import FileLock
 
-    with FileLock(f"{url.database}.lock"):
+        with FileLock(f"{url.database}.lock"):
+            yield
+    elif backend == "postgresql":
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(url, connect_args=connect_args(url),
+                                          poolclass=sqlalchemy.pool.NullPool)
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"),
+                               {"key": ADVISORY_LOCK_KEY})
+            try:
+                yield
+            finally:
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"),
+                                   {"key": ADVISORY_LOCK_KEY})
+    else:
         yield
 
 
@@ -652,7 +678,7 @@ def trial_row(model: str, trial: Any) -> TrialRow:
     if trial.datetime_start is not None and trial.datetime_complete is not None:
         seconds = (trial.datetime_complete - trial.datetime_start).total_seconds()
     note = str(trial.user_attrs.get("note", ""))
-    if trial.state.name == "FAIL" and not note.startswith(("surplus", "failed")):
+    if trial.state.name == "FAIL" and not note.startswith(("surplus", "error")):
         note = "failed: its worker stopped (killed, interrupted or lost)"
     return TrialRow(model=model, number=trial.number, state=trial.state.name,
                     value=trial.value if trial.state.name == "COMPLETE" else None,

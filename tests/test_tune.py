@@ -166,6 +166,24 @@ def test_budget_counts_the_earliest_alive_trials() -> None:
     assert not tune.within_budget(study, 5, 4)
 
 
+def test_a_configuration_that_cannot_train_is_pruned_and_counts(tmp_path: Path) -> None:
+    """Keys valid one by one may clash together (a sampled model needs a fanout per layer):
+    that trial is pruned with its reason and uses up its place in the budget."""
+    base = Config.from_dict(TINY).override({"model.name": "sage", "sampler.fanout": [3, 3]})
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump({"model.num_layers": {"choices": [2, 1]},
+                                    "sampler.enabled": {"choices": [False, True]}}))
+    job = tune.TuneJob("sage", base, tune.load_search_space(path, base), trials=2)
+    settings = tune.StorageSettings(tune.default_storage(tmp_path))
+    study = tune.open_study(job, tune.open_storage(settings))
+    study.enqueue_trial({"model.num_layers": 1, "sampler.enabled": True})
+    assert tune.run_worker(study, job, csbm(DataConfig(**TINY["data"])), settings) == 2
+    first, clash = study.get_trials()
+    assert (first.state.name, clash.state.name) == ("COMPLETE", "PRUNED")
+    assert clash.user_attrs["note"].startswith("cannot train: ConfigError: sampler.fanout: "
+                                               "needs one entry per layer")
+
+
 def test_resuming_never_exceeds_the_budget_and_can_extend_it(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     configs, out = write_tiny(tmp_path / "configs"), tmp_path / "out"
