@@ -21,6 +21,7 @@ Optuna is imported inside the functions that use it, so the other commands work 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import socket
@@ -321,7 +322,8 @@ class Objective:
             trial.set_user_attr("note", _note("cannot train", exc))
             raise optuna.TrialPruned(str(exc)) from None
         except Exception as exc:
-            trial.set_user_attr("note", _note("error", exc))
+            with contextlib.suppress(Exception):  # the storage may be what failed
+                trial.set_user_attr("note", _note("error", exc))
             raise
         accs = [r.val_acc for r in results]
         trial.set_user_attr("val_acc_std", statistics.stdev(accs) if len(accs) > 1 else 0.0)
@@ -606,6 +608,7 @@ def run_worker(study: Any, job: TuneJob, data: Data, settings: StorageSettings,
         except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
             if not _taken_over(study, objective.trial_number):
                 raise
+            continue
         ran += 1
 
 

@@ -227,3 +227,20 @@ def test_a_killed_worker_s_trial_is_failed_then_retried(
     assert "failed: its worker stopped" in (study.folder / ("out" if study.url is None
                                                             else "out1") / "trials.csv"
                                             ).read_text()
+
+
+def test_a_paused_worker_whose_trial_was_taken_over_goes_on(
+        study: Study, start: Callable[..., Worker]) -> None:
+    """A worker paused for longer than the grace period (a suspended machine) finds its trial
+    failed and retried by the other when it resumes: it warns, goes on, and the study still
+    ends with exactly the budget."""
+    sleeper, other = start(heartbeat=1, grace=2), start(heartbeat=1, grace=2)
+    taken = pause_mid_trial(study, sleeper)
+    wait_until(lambda: any(t.system_attrs.get("failed_trial") == taken for t in study.trials()),
+               "retry of the paused worker's trial", other)
+    sleeper.signal(signal.SIGCONT)
+    assert (sleeper.finish(), other.finish()) == (0, 0), sleeper.output() + other.output()
+    trials = study.trials()
+    check_budget(trials)
+    assert trials[taken].state.name == "FAIL"
+    assert f"gnn: warning: trial {taken} was failed by another worker" in sleeper.output()
