@@ -89,3 +89,25 @@ def test_two_thousand_fits(bench, name: str, device: torch.device, cora: Data) -
     mean = bench(protocol, device=device, group=f"2000-fits-{name}-{device.type}", rounds=1,
                  warmup=0, members=members)
     assert 0.0 < mean <= 1.0
+
+
+#: GPU goal: a run of 100 GCN members costs at most this many times one standalone fit.
+HUNDRED_MEMBERS_GOAL = 1.5
+
+
+def test_hundred_members_vs_one_fit(device: torch.device, cora: Data, quick: bool) -> None:
+    """On a GPU the batched step is launch-bound, so 100 members should cost about one fit
+    (interleaved blocks, median ratio; gated at the goal times the CUDA margin)."""
+    if device.type != "cuda":
+        pytest.skip("a GPU goal: on a CPU every member's arithmetic adds to the step")
+    cfg = config_for("gcn", device, **{"train.epochs": 200})
+    data = cora.to(device)
+    fit_members(cfg.override({"train.epochs": 2}), [0, 1], data)  # warm-up
+    one, hundred = [], []
+    for _ in range(3 if quick else 5):
+        one.append(_seconds(lambda: fit(cfg, data)))
+        hundred.append(_seconds(lambda: fit_members(cfg, list(range(100)), data)))
+    ratio = statistics.median(h / o for h, o in zip(hundred, one, strict=True))
+    print(f"\n100 GCN members {statistics.median(hundred):.3f} s, one fit "
+          f"{statistics.median(one):.3f} s: {ratio:.2f}x (goal <= {HUNDRED_MEMBERS_GOAL}x)")
+    assert ratio <= HUNDRED_MEMBERS_GOAL * MARGIN["cuda"]

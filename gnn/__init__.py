@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors",),  # every exception type; imports nothing
     ("config",),  # dataclasses, YAML, field checks; no torch
-    ("files", "timing", "metrics", "memory"),  # atomic writes and signals, clocks, scores, RSS
+    ("files", "timing", "metrics", "memory", "stats"),  # writes, clocks, scores, RSS, statistics
     ("synthetic",),  # the CSBM graph generator
     ("data",),  # Planetoid loading, the cache, split and graph checks, the dataset registry
     ("kernels",),  # cached sparse operators and CSR products

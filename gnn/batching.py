@@ -26,16 +26,22 @@ from gnn.config import Config
 from gnn.memory import StepPeaks, free_memory
 from gnn.sampling import layerwise_inference, make_neighbor_loader
 
+#: On a GPU, ``auto`` reads features as CSR once the first layer is at least this many columns
+#: wide (stacked members): one dense GEMM is then the largest cost of a step.
+GPU_CSR_WIDTH = 256
 
-def node_features(data: Data, cfg: Config) -> Tensor:
+
+def node_features(data: Data, cfg: Config, width: int | None = None) -> Tensor:
     """Features as the first layer will read them: CSR when sparse enough and allowed. ``auto``
-    picks CSR on the CPU only: on a GPU the dense product is one fast GEMM, and cuSPARSE made
-    the MLP forward on Cora 1.3x slower than the dense reference (H200, measured)."""
+    picks CSR on the CPU, and on a GPU only for a first layer ``width`` columns wide or more
+    (the stacked layer of batched members): for one model the dense product is one fast
+    GEMM, and cuSPARSE made the MLP forward on Cora 1.3x slower than the dense reference
+    (H200, measured)."""
     x = data.x
     mode = cfg.data.sparse_features
     if cfg.sampler.enabled or mode == "never":
         return x
-    if mode == "auto" and cfg.train.device != "cpu":
+    if mode == "auto" and cfg.train.device != "cpu" and (width or 0) < GPU_CSR_WIDTH:
         return x
     density = float(torch.count_nonzero(x)) / max(x.numel(), 1)
     if mode == "always" or (cfg.model.fast and density < 0.1):

@@ -87,6 +87,9 @@ class TrainConfig:
     seed: int = field(default=0, metadata=_range(0, 2**32 - 1))  # numpy's seed range
     device: str = field(default="cpu", metadata={"choices": ("cpu", "cuda")})
     compile: bool = False
+    # batched members on CUDA: capture the training step and the evaluation once in CUDA
+    # graphs and replay them (false: the same device-side steps, launched eagerly)
+    cuda_graph: bool = True
     # Evaluation precision: bfloat16/float16 run the forward under torch.autocast (CUDA or CPU).
     inference_dtype: str = field(default="float32",
                                  metadata={"choices": ("float32", "bfloat16", "float16")})

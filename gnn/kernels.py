@@ -46,13 +46,16 @@ class GraphCache:
     def __init__(self) -> None:
         self._key: tuple[Any, ...] | None = None
         self._value: Any = None
-        self._source: Tensor | None = None
+        self._source: tuple[Tensor, tuple[Any, ...]] | None = None
 
     @torch.compiler.disable  # a Python-side cache: torch.compile runs it eagerly
     def get(self, tensor: Tensor, build: Any, *args: Any) -> Any:
-        key = (*_tensor_key(tensor), *args)
+        """``build(tensor, *args)``, rebuilt when ``tensor`` or an argument changes (tensor
+        arguments are compared by identity and version, like ``tensor``, and held too)."""
+        key = (*_tensor_key(tensor),
+               *(_tensor_key(a) if isinstance(a, Tensor) else a for a in args))
         if key != self._key:
-            self._value, self._key, self._source = build(tensor, *args), key, tensor
+            self._value, self._key, self._source = build(tensor, *args), key, (tensor, args)
         return self._value
 
     def clear(self) -> None:
@@ -147,6 +150,18 @@ class FastDropout(nn.Dropout):
             return torch.zeros_like(x)
         keep = torch.rand_like(x) >= self.p
         return x * keep * (1.0 / (1.0 - self.p))
+
+
+def csr_rows(a: Tensor, rows: Tensor) -> Tensor:
+    """Rows ``rows`` of CSR matrix ``a`` as a CSR matrix, each row's entries in their order."""
+    crow, col, values = a.crow_indices(), a.col_indices(), a.values()
+    starts, counts = crow[rows], crow[rows + 1] - crow[rows]
+    new_crow = torch.zeros(len(rows) + 1, dtype=crow.dtype, device=crow.device)
+    torch.cumsum(counts, 0, out=new_crow[1:])
+    total = int(new_crow[-1])
+    index = torch.repeat_interleave(starts - new_crow[:-1], counts, output_size=total) \
+        + torch.arange(total, dtype=crow.dtype, device=crow.device)
+    return torch.sparse_csr_tensor(new_crow, col[index], values[index], (len(rows), a.size(1)))
 
 
 def gcn_operator(edge_index: Tensor, num_nodes: int) -> Tensor:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,8 +33,16 @@ from gnn.batching import node_features
 from gnn.config import Config
 from gnn.data import load_dataset, num_classes, training_view
 from gnn.errors import ConfigError, TrainingError
-from gnn.kernels import GraphCache, gcn_operator, linear, mean_operator, propagate
-from gnn.metrics import classification_metrics
+from gnn.kernels import (
+    GraphCache,
+    csr_rows,
+    gcn_operator,
+    linear,
+    mean_operator,
+    propagate,
+    with_transpose,
+)
+from gnn.metrics import member_metrics
 from gnn.models import build_model, count_parameters
 from gnn.timing import Timer
 from gnn.training import FitResult, History, fit, resolve_device, set_seed, versions
@@ -109,8 +118,10 @@ class StackedModel(nn.Module):
     def __init__(self, cfg: Config, models: Sequence[nn.Module]) -> None:
         super().__init__()
         self.name, self.members = cfg.model.name, len(models)
-        # a plain list: the template is not a submodule (its parameters are not the members')
+        # plain lists, not submodules (their parameters are not the stacked ones): a template
+        # for member(), and the members' own modules, handed out once by release()
         self.template = [copy.deepcopy(models[0]).cpu()]
+        self.shells: list[nn.Module | None] = [model.cpu() for model in models]
         self.dropout = cfg.model.dropout
         self.K, self.alpha = cfg.model.K, cfg.model.alpha
         layers = [_layer_tensors(self.name, m) for m in models]
@@ -123,38 +134,65 @@ class StackedModel(nn.Module):
             self.biases.append(nn.Parameter(torch.stack(b).reshape(-1)))
             if r[0] is not None:
                 self.roots.append(nn.Parameter(_stack(r, first=i == 0)))
-        # the graph's operator and the input pattern's transpose, built once per graph
+        # the graph's operator and the input pattern's transpose, built once per graph; the
+        # operator's and the input's rows that training and evaluation read
         self.graph_cache, self.pattern_cache = GraphCache(), GraphCache()
+        self.row_caches = {True: GraphCache(), False: GraphCache()}
+        self.input_caches = {True: GraphCache(), False: GraphCache()}
 
-    def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
-        """Logits ``[N, M, classes]``."""
+    def forward(self, x: Tensor, edge_index: Tensor, rows: Tensor | None = None) -> Tensor:
+        """Logits ``[N, M, classes]``, or ``[len(rows), M, classes]`` for the nodes ``rows``
+        alone: the last propagation then reaches those rows only (an MLP computes only them),
+        and the loss's gradient is not scattered back into all N rows."""
         n = x.size(0)
+        if self.name == "mlp" and rows is not None:
+            x, n, rows = self._rows(x, rows), len(rows), None
         if self.name == "appnp":
             x = _member_dropout(x, self.dropout, self.training, self.members)
         h = x
         last = len(self.weights) - 1
         for i in range(len(self.weights)):
-            h = self._layer(i, h, edge_index, n)
+            h = self._layer(i, h, edge_index, n, rows if i == last else None)
             if i < last:
                 h = _dropout(torch.relu(h), self.dropout, self.training)
         if self.name == "appnp":
-            adj = self.graph_cache.get(edge_index, gcn_operator, n)
-            out = h
-            for _ in range(self.K):
-                out = (1 - self.alpha) * propagate(adj, out) + self.alpha * h
-            h = out
-        return h.view(n, self.members, -1)
+            h = self._personalized_pagerank(h, edge_index, n, rows)
+        return h.view(h.size(0), self.members, -1)
 
-    def _layer(self, i: int, h: Tensor, edge_index: Tensor, n: int) -> Tensor:
+    def _layer(self, i: int, h: Tensor, edge_index: Tensor, n: int,
+               rows: Tensor | None) -> Tensor:
         bias = self.biases[i]
         if self.name in ("mlp", "appnp"):
             return self._linear(i, h, self.weights) + bias
-        if self.name == "gcn":
-            adj = self.graph_cache.get(edge_index, gcn_operator, n)
-            return propagate(adj, self._linear(i, h, self.weights), bias)
-        adj = self.graph_cache.get(edge_index, mean_operator, n)  # sage: mean aggregation + root
-        return propagate(adj, self._linear(i, h, self.weights), bias) \
-            + self._linear(i, h, self.roots)
+        adj = self._operator(edge_index, n, rows)
+        out = propagate(adj, self._linear(i, h, self.weights), bias)
+        if self.name == "sage":  # mean aggregation + root weight
+            out = out + self._linear(i, h if rows is None else self._rows(h, rows), self.roots)
+        return out
+
+    def _personalized_pagerank(self, h: Tensor, edge_index: Tensor, n: int,
+                               rows: Tensor | None) -> Tensor:
+        """APPNP's K steps; with ``rows``, the last one to those rows only."""
+        out = h
+        for step in range(self.K):
+            last = rows is not None and step == self.K - 1
+            adj = self._operator(edge_index, n, rows if last else None)
+            out = (1 - self.alpha) * propagate(adj, out) \
+                + self.alpha * (h.index_select(0, rows) if last else h)
+        return out if rows is None or self.K else h.index_select(0, rows)
+
+    def _operator(self, edge_index: Tensor, n: int, rows: Tensor | None) -> Tensor:
+        """The model's propagation operator, or its rows ``rows`` (cached per mode: training
+        and evaluation read different rows)."""
+        build = mean_operator if self.name == "sage" else gcn_operator
+        adj = self.graph_cache.get(edge_index, build, n)
+        if rows is None:
+            return adj
+        return self.row_caches[self.training].get(adj, _operator_rows, rows)
+
+    def _rows(self, x: Tensor, rows: Tensor) -> Tensor:
+        """Rows ``rows`` of an input (CSR or dense), cached per mode."""
+        return self.input_caches[self.training].get(x, _input_rows, rows)
 
     def _linear(self, i: int, h: Tensor, weights: nn.ParameterList) -> Tensor:
         """Every member's ``h_m @ W_m``: one (CSR) product for layer 0, one bmm after."""
@@ -183,9 +221,28 @@ class StackedModel(nn.Module):
         return {k: v.detach().clone().contiguous() for k, v in state.items()}
 
     def member(self, m: int) -> nn.Module:
+        """Member ``m`` as a new standalone model with its current weights."""
         model = copy.deepcopy(self.template[0])
         model.load_state_dict(self.member_state(m), strict=False)
         return model
+
+    def release(self, m: int) -> nn.Module:
+        """Member ``m`` as a standalone model, in the module it was built as (a copy of a
+        PyG model costs milliseconds of Python, 100 of them more than a GPU run's steps);
+        each member is released once."""
+        model, self.shells[m] = self.shells[m], None
+        if model is None:
+            raise RuntimeError(f"member {m} was already released")
+        model.load_state_dict(self.member_state(m), strict=False)
+        return model
+
+
+def _operator_rows(adj: Tensor, rows: Tensor) -> Tensor:
+    return with_transpose(csr_rows(adj, rows))
+
+
+def _input_rows(x: Tensor, rows: Tensor) -> Tensor:
+    return csr_rows(x, rows) if x.layout == torch.sparse_csr else x.index_select(0, rows)
 
 
 def _names(model: str, layers: int) -> list[tuple[str, str, str | None]]:
@@ -364,15 +421,18 @@ def fit_members(cfg: Config, seeds: Sequence[int], data: Data | None = None,
     seen = training_view(data) if cfg.data.split_mode == "inductive" else data
     masks = masks or MemberMasks.shared(seen, len(seeds))
     model = _initial_members(cfg, data, seeds).to(device)
+    # capturable: the CUDA path replays Adam's step inside a graph (its step count on device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr,
-                                 weight_decay=cfg.train.weight_decay, fused=True)
+                                 weight_decay=cfg.train.weight_decay, fused=True,
+                                 capturable=device.type == "cuda")
     run_timer = Timer(device).start()
     sel, loop = _train_members(cfg, model, optimizer, seen, masks, device)
     logits = _final_member_logits(cfg, model, sel, data, device)
     run_time = run_timer.stop()
     final = MemberMasks.shared(data, len(seeds)) if seen is not data else masks
-    return [_member_result(cfg, data, seen, model, sel, m, seed, logits[:, m], final,
-                           run_time, loop)
+    metrics = _split_metrics(logits, data.y, final)
+    return [_member_result(cfg, data, seen, model, sel, m, seed, metrics[m],
+                           str(logits.device), run_time, loop)
             for m, seed in enumerate(seeds)]
 
 
@@ -386,42 +446,202 @@ def _initial_members(cfg: Config, data: Data, seeds: Sequence[int]) -> StackedMo
     return StackedModel(cfg, models)
 
 
+@dataclass
+class MemberBatch:
+    """What every step of a batched run reads, on its device: the features and graph, and
+    only the rows some member trains or validates on (they alone enter the loss and the
+    accuracies)."""
+
+    x: Tensor
+    edge_index: Tensor
+    rows: Tensor  # nodes some member trains on
+    y_train: Tensor
+    train: Tensor  # [M, len(rows)]
+    seen_rows: Tensor  # nodes some member trains or validates on
+    y_seen: Tensor
+    train_seen: Tensor  # [M, len(seen_rows)]
+    val_seen: Tensor
+
+    @classmethod
+    def build(cls, cfg: Config, seen: Data, masks: MemberMasks,
+              device: torch.device) -> MemberBatch:
+        y = seen.y.to(device)
+        rows = masks.train.any(0).nonzero().view(-1).to(device)
+        seen_rows = (masks.train.any(0) | masks.val.any(0)).nonzero().view(-1).to(device)
+        width = masks.train.size(0) * cfg.model.hidden_channels
+        return cls(node_features(seen, cfg, width).to(device), seen.edge_index.to(device), rows,
+                   y[rows], masks.train.to(device)[:, rows], seen_rows, y[seen_rows],
+                   *(m.to(device)[:, seen_rows] for m in (masks.train, masks.val)))
+
+
 def _train_members(cfg: Config, model: StackedModel, optimizer: torch.optim.Optimizer,
                    seen: Data, masks: MemberMasks, device: torch.device,
                    ) -> tuple[MemberSelection, Timer]:
-    x = node_features(seen, cfg).to(device)
-    edge_index, y = seen.edge_index.to(device), seen.y.to(device)
-    # only rows some member trains or validates on enter the loss and the accuracies
-    rows = masks.train.any(0).nonzero().view(-1).to(device)
-    seen_rows = (masks.train.any(0) | masks.val.any(0)).nonzero().view(-1).to(device)
-    train, y_train = masks.train.to(device)[:, rows], y[rows]
-    train_seen, val_seen = (m.to(device)[:, seen_rows] for m in (masks.train, masks.val))
+    b = MemberBatch.build(cfg, seen, masks, device)
+    if device.type == "cuda":
+        return _train_members_on_device(cfg, DeviceSteps(cfg, model, optimizer, b), device)
     sel, loop = MemberSelection(model.members), Timer(device)
     sel.best_state = [p.detach().clone() for p in model.parameters()]
+    evals = set(_eval_epochs(cfg))
     for epoch in range(1, cfg.train.epochs + 1):
         with loop:
             model.train()
             optimizer.zero_grad(set_to_none=True)
-            losses = member_losses(model(x, edge_index).index_select(0, rows), y_train, train)
+            losses = member_losses(model(b.x, b.edge_index, b.rows), b.y_train, b.train)
             losses.sum().backward()
             optimizer.step()
         if not bool(torch.isfinite(losses).all()):
             raise TrainingError(f"non-finite loss at epoch {epoch} (member "
                                 f"{int((~torch.isfinite(losses)).nonzero()[0])})")
-        if epoch % cfg.train.eval_every and epoch != cfg.train.epochs:
+        if epoch not in evals:
             continue
-        pred = _predict(model, x, edge_index).index_select(0, seen_rows).argmax(-1)
-        y_seen = y.index_select(0, seen_rows)
+        pred = _predict(model, b.x, b.edge_index, b.seen_rows).argmax(-1)
         _select(model, sel, epoch, losses.detach().cpu(),
-                member_accuracy(pred, y_seen, train_seen).cpu(),
-                member_accuracy(pred, y_seen, val_seen).cpu())
+                member_accuracy(pred, b.y_seen, b.train_seen).cpu(),
+                member_accuracy(pred, b.y_seen, b.val_seen).cpu())
     return sel, loop
 
 
-def _predict(model: StackedModel, x: Tensor, edge_index: Tensor) -> Tensor:
+def _eval_epochs(cfg: Config) -> range | list[int]:
+    """Epochs after which the members are validated: every ``eval_every`` and the last."""
+    every, last = cfg.train.eval_every, cfg.train.epochs
+    if every == 1:
+        return range(1, last + 1)
+    return [*range(every, last, every), last]
+
+
+# --------------------------------------------------------------------------------------------
+# On a GPU: the steps as device work alone, captured in CUDA graphs
+
+
+class DeviceSteps:
+    """A batched run's training step and evaluation as GPU work alone. The epoch counter, the
+    logs and the selection (best validation accuracy, epoch and weights) live on the device
+    and nothing is read back before the run ends, so both steps can be captured once in CUDA
+    graphs and replayed: an eager step is a few hundred kernel launches, bound by the host,
+    whatever the member count."""
+
+    def __init__(self, cfg: Config, model: StackedModel, optimizer: torch.optim.Optimizer,
+                 batch: MemberBatch) -> None:
+        self.model, self.optimizer, self.b = model, optimizer, batch
+        self.eval_epochs = list(_eval_epochs(cfg))
+        device, members = batch.x.device, model.members
+        self.epoch = torch.zeros((), dtype=torch.long, device=device)
+        self.evals = torch.zeros((), dtype=torch.long, device=device)
+        self.loss_log = torch.zeros(cfg.train.epochs, members, device=device)
+        self.acc_log = torch.zeros(len(self.eval_epochs), 2, members, device=device)
+        self.best_val = torch.full((members,), -1.0, device=device)
+        self.best_epoch = torch.zeros(members, dtype=torch.long, device=device)
+        self.initial = [p.detach().clone() for p in model.parameters()]
+        self.best_state = [p.clone() for p in self.initial]
+
+    def train_step(self) -> None:
+        b, model = self.b, self.model
+        model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        losses = member_losses(model(b.x, b.edge_index, b.rows), b.y_train, b.train)
+        losses.sum().backward()
+        self.optimizer.step()
+        self.epoch += 1
+        self.loss_log.index_copy_(0, self.epoch.view(1) - 1, losses.detach().unsqueeze(0))
+
+    def eval_step(self) -> None:
+        b, model = self.b, self.model
+        model.eval()
+        with torch.no_grad():
+            pred = model(b.x, b.edge_index, b.seen_rows).argmax(-1)
+            val_acc = member_accuracy(pred, b.y_seen, b.val_seen)
+            accs = torch.stack([member_accuracy(pred, b.y_seen, b.train_seen), val_acc])
+            self.acc_log.index_copy_(0, self.evals.view(1), accs.unsqueeze(0))
+            self.evals += 1
+            improved = val_acc > self.best_val
+            self.best_val.copy_(torch.where(improved, val_acc, self.best_val))
+            self.best_epoch.copy_(torch.where(improved, self.epoch, self.best_epoch))
+            keep = improved.view(1, -1, 1)
+            for best, p in zip(self.best_state, model.parameters(), strict=True):
+                ours = _by_member(best, model.members)
+                ours.copy_(torch.where(keep, _by_member(p, model.members), ours))
+
+    def reset(self) -> None:
+        """Back to the state before any step (after the warm-up and capture ran steps): the
+        initial weights, a fresh optimiser, empty logs and selection - all in place, since
+        the captured graphs read and write these very tensors."""
+        with torch.no_grad():
+            for p, first, best in zip(self.model.parameters(), self.initial, self.best_state,
+                                      strict=True):
+                p.copy_(first)
+                best.copy_(first)
+            for state in self.optimizer.state.values():
+                for value in state.values():
+                    if isinstance(value, Tensor):
+                        value.zero_()  # Adam's step and moments all start at zero
+            for log in (self.epoch, self.evals, self.loss_log, self.acc_log, self.best_epoch):
+                log.zero_()
+            self.best_val.fill_(-1.0)
+
+    def selection(self) -> MemberSelection:
+        """The run's logs and selection, read back once."""
+        losses, accs = self.loss_log.cpu(), self.acc_log.cpu()
+        bad = (~torch.isfinite(losses)).nonzero()
+        if len(bad):
+            raise TrainingError(f"non-finite loss at epoch {int(bad[0, 0]) + 1} "
+                                f"(member {int(bad[0, 1])})")
+        sel = MemberSelection(self.model.members)
+        at = torch.tensor(self.eval_epochs) - 1
+        columns = (losses[at].t().tolist(), accs[:, 0].t().tolist(), accs[:, 1].t().tolist())
+        for history, loss, train_acc, val_acc in zip(sel.histories, *columns, strict=True):
+            history.epoch, history.train_loss = list(self.eval_epochs), loss
+            history.train_acc, history.val_acc = train_acc, val_acc
+        sel.best_val, sel.best_epoch = self.best_val.cpu(), self.best_epoch.tolist()
+        sel.best_state = self.best_state
+        return sel
+
+
+def capture_steps(steps: DeviceSteps) -> tuple[Any, Any]:
+    """The two steps captured as CUDA graphs (their ``replay`` methods). Two warm-up rounds on
+    a side stream fill the caches (graph operators, cuBLAS/cuSPARSE workspaces, Adam's state),
+    as capture requires; :meth:`DeviceSteps.reset` then undoes every step taken."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            steps.train_step()
+            steps.eval_step()
+    torch.cuda.current_stream().wait_stream(side)
+    train, evaluate = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+    with torch.cuda.graph(train):
+        steps.train_step()
+    with torch.cuda.graph(evaluate):
+        steps.eval_step()
+    steps.reset()
+    return train.replay, evaluate.replay
+
+
+def _train_members_on_device(cfg: Config, steps: DeviceSteps, device: torch.device,
+                             ) -> tuple[MemberSelection, Timer]:
+    train, evaluate = steps.train_step, steps.eval_step
+    if cfg.train.cuda_graph:
+        try:
+            train, evaluate = capture_steps(steps)
+        except RuntimeError as exc:  # an operation the graph cannot hold: run eagerly
+            warnings.warn(f"train.cuda_graph: capture failed, members train eagerly "
+                          f"({str(exc).splitlines()[0]})", stacklevel=2)
+            torch.cuda.synchronize(device)
+            steps.reset()
+    evals, loop = set(steps.eval_epochs), Timer(device)
+    for epoch in range(1, cfg.train.epochs + 1):
+        with loop:
+            train()
+        if epoch in evals:
+            evaluate()
+    return steps.selection(), loop
+
+
+def _predict(model: StackedModel, x: Tensor, edge_index: Tensor,
+             rows: Tensor | None = None) -> Tensor:
     model.eval()
     with torch.inference_mode():
-        return model(x, edge_index)
+        return model(x, edge_index, rows)
 
 
 def _select(model: StackedModel, sel: MemberSelection, epoch: int, losses: Tensor,
@@ -460,34 +680,42 @@ def _final_member_logits(cfg: Config, model: StackedModel, sel: MemberSelection,
     with torch.no_grad():
         for best, p in zip(sel.best_state, model.parameters(), strict=True):
             p.copy_(best)
-    model.graph_cache.clear()
-    x = node_features(data, cfg).to(device)
+    for cache in (model.graph_cache, *model.row_caches.values(), *model.input_caches.values()):
+        cache.clear()
+    x = node_features(data, cfg, model.members * cfg.model.hidden_channels).to(device)
     return _predict(model, x, data.edge_index.to(device)).float()
 
 
 def _member_result(cfg: Config, data: Data, seen: Data, model: StackedModel,
-                   sel: MemberSelection, m: int, seed: int, logits: Tensor, masks: MemberMasks,
-                   run_time: float, loop: Timer) -> FitResult:
-    y = data.y.to(logits.device)
-    metrics = {}
-    for split in ("train", "val", "test"):
-        mask = getattr(masks, split)[m].to(logits.device)
-        scores = classification_metrics(logits[mask], y[mask])
-        metrics[f"{split}_acc"], metrics[f"{split}_macro_f1"] = scores["acc"], scores["macro_f1"]
+                   sel: MemberSelection, m: int, seed: int, metrics: dict[str, float],
+                   device: str, run_time: float, loop: Timer) -> FitResult:
     members = model.members
-    trained = model.member(m)
+    trained = model.release(m)
+    config = copy.deepcopy(cfg.to_dict())
+    config["train"]["seed"] = seed
     return FitResult(
         model=cfg.model.name, dataset=str(getattr(data, "name", None)), seed=seed,
-        device=str(logits.device), sampled=False, split_mode=cfg.data.split_mode,
+        device=device, sampled=False, split_mode=cfg.data.split_mode,
         num_nodes=int(data.num_nodes), num_edges=int(data.num_edges),
         train_graph_nodes=int(seen.num_nodes), train_graph_edges=int(seen.num_edges),
         num_params=count_parameters(trained), epochs=cfg.train.epochs,
         best_epoch=sel.best_epoch[m], **metrics, total_train_time_s=run_time / members,
         train_loop_time_s=loop.total / members,
         epoch_times_s=[lap / members for lap in loop.laps], history=sel.histories[m],
-        config=cfg.override({"train.seed": seed}).to_dict(), versions=versions(),
+        config=config, versions=versions(),
         threads=torch.get_num_threads(), timestamp=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         members=members, run_time_s=run_time, trained=trained, data=data)
+
+
+def _split_metrics(logits: Tensor, y: Tensor, masks: MemberMasks) -> list[dict[str, float]]:
+    """Every member's accuracy and macro F1 on its train, val and test nodes (on the CPU:
+    ``[N, M]`` predictions are small)."""
+    pred, y = logits.argmax(-1).cpu(), y.cpu()
+    columns = {}
+    for split in ("train", "val", "test"):
+        acc, f1 = member_metrics(pred, y, getattr(masks, split).cpu())
+        columns[f"{split}_acc"], columns[f"{split}_macro_f1"] = acc.tolist(), f1.tolist()
+    return [{key: values[m] for key, values in columns.items()} for m in range(pred.size(1))]
 
 
 def fit_many(cfg: Config, seeds: Sequence[int], data: Data | None = None,

@@ -1,6 +1,6 @@
-"""Every figure the project draws: the bench's two (accuracy vs latency, learning curves),
-``gnn scale``'s cost curves and ``gnn tune``'s study figures, rendered off-screen (Agg) to PNG
-bytes for an atomic write.
+"""Every figure the project draws: the bench's three (accuracy vs latency, learning curves,
+accuracy per split), ``gnn scale``'s cost curves and ``gnn tune``'s study figures, rendered
+off-screen (Agg) to PNG bytes for an atomic write.
 
 Figures are built with ``matplotlib.figure.Figure`` and an Agg canvas, never ``pyplot``, so no
 display, global state or backend switch is involved (safe in tests and on headless machines).
@@ -20,7 +20,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter, FuncFormatter, LogLocator, NullFormatter
 
-from gnn.report import ACCURACY_PNG, CURVES_PNG, Summary, pareto_front
+from gnn.report import ACCURACY_PNG, CURVES_PNG, SPLITS_PNG, Summary, pareto_front
 from gnn.scale import ScaleRow
 
 
@@ -121,10 +121,59 @@ def learning_curves_png(summaries: Sequence[Summary]) -> bytes:
     return _png(fig)
 
 
+def _boxes(ax: Axes, groups: Sequence[Sequence[float]], positions: np.ndarray) -> None:
+    """Box (quartiles), median line and whiskers from min to max for each non-empty group.
+    Drawn from bars and lines: ``Axes.boxplot`` reads every rcParam, which makes matplotlib
+    import pyplot to resolve its backend."""
+    for x, values in zip(positions, groups, strict=True):
+        if not values:
+            continue
+        low, q1, median, q3, high = np.percentile(values, [0, 25, 50, 75, 100])
+        ax.bar(x, q3 - q1, bottom=q1, width=0.55, fill=False, edgecolor="0.2", linewidth=1)
+        ax.hlines(median, x - 0.275, x + 0.275, color="0.2", linewidth=1.5)
+        ax.vlines([x, x], [low, q3], [q1, high], color="0.2", linewidth=1)
+        ax.hlines([low, high], x - 0.1, x + 0.1, color="0.2", linewidth=1)
+
+
+def accuracy_per_split_png(summaries: Sequence[Summary]) -> bytes:
+    """The distribution over splits of each model's test accuracy: one box per model x device
+    over its per-split means (mean over that split's seeds; box: quartiles, whiskers: min to
+    max). Each split's mean is a point, and a faint line joins one split's points across the
+    models: lines that cross are splits on which the ranking changes; boxes that overlap while
+    the lines do not are what a paired comparison separates."""
+    fig = Figure(figsize=(max(6.0, 1.1 * len(summaries) + 2), 4.8))
+    ax = fig.add_subplot()
+    per_split = [s.split_means() for s in summaries]
+    finite = [[m for m in means.values() if np.isfinite(m)] for means in per_split]
+    positions = np.arange(1, len(summaries) + 1)
+    _boxes(ax, finite, positions)
+    keys = sorted({key for means in per_split for key in means})
+    offsets = np.linspace(-0.15, 0.15, len(keys)) if len(keys) > 1 else np.zeros(1)
+    for key, offset in zip(keys, offsets, strict=True):
+        points = [(x + offset, means[key]) for x, means in zip(positions, per_split, strict=True)
+                  if np.isfinite(means.get(key, np.nan))]
+        ax.plot(*zip(*points, strict=True), color="0.5", alpha=0.3, linewidth=0.8, zorder=2)
+    for x, means, color in zip(positions, per_split, _colors(len(summaries)), strict=True):
+        xs = [x + offset for key, offset in zip(keys, offsets, strict=True) if key in means]
+        ax.scatter(xs, [means[key] for key in keys if key in means], s=18, color=color,
+                   alpha=0.85, zorder=3)
+        if not any(np.isfinite(m) for m in means.values()):
+            ax.text(x, 0.5, "no finite\naccuracy", ha="center", fontsize=8,
+                    transform=ax.get_xaxis_transform())
+    ax.set_xticks(positions, [f"{s.label}\n({s.spread.splits} splits)" for s in summaries],
+                  fontsize=8, rotation=30 if len(summaries) > 6 else 0)
+    ax.set_xlim(0.4, len(summaries) + 0.6)
+    ax.set_ylabel("test accuracy (mean over the seeds of a split)")
+    ax.set_title(f"{_dataset(summaries)}: accuracy per split (lines join one split)")
+    ax.grid(True, axis="y", alpha=0.3)
+    return _png(fig)
+
+
 def bench_figures(summaries: Sequence[Summary]) -> dict[str, bytes]:
     """The bench's figures, by file name."""
     return {ACCURACY_PNG: accuracy_vs_latency_png(summaries, pareto_front(summaries)),
-            CURVES_PNG: learning_curves_png(summaries)}
+            CURVES_PNG: learning_curves_png(summaries),
+            SPLITS_PNG: accuracy_per_split_png(summaries)}
 
 
 def scale_png(rows: Sequence[ScaleRow], budget_gib: float) -> bytes:

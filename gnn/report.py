@@ -1,7 +1,8 @@
-"""Every table the project writes: the bench report (``summary.md``, ``recommendation.md``,
-the terminal table) derived only from the recorded rows, ``gnn scale``'s ``scale.md`` and
-``scale.csv``, and ``gnn tune``'s ``tuning.md``, ``trials.csv`` and best configs. Figures
-are drawn by :mod:`gnn.plots`; :func:`write_files` writes a report's files together.
+"""Every table the project writes: the bench report (``summary.md``, its machine-readable twin
+``summary.json``, ``recommendation.md``, the terminal table) derived only from the recorded rows,
+``gnn scale``'s ``scale.md`` and ``scale.csv``, and ``gnn tune``'s ``tuning.md``, ``trials.csv``
+and best configs. The statistics come from :mod:`gnn.stats`, figures are drawn by
+:mod:`gnn.plots`; :func:`write_files` writes a report's files together.
 
 Nothing here names a particular model: every sentence is computed from the numbers by the rules
 written at the top of ``recommendation.md``, so a different graph or machine gives a different,
@@ -13,11 +14,11 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import json
 import math
 import platform
 import statistics
 import time
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,11 +27,28 @@ from typing import Any
 from gnn.config import Config
 from gnn.files import atomic_write_many
 from gnn.scale import ScaleRow
+from gnn.stats import (
+    ALPHA,
+    BOOTSTRAP_METHOD,
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    CONFIDENCE,
+    Rank,
+    RunKey,
+    SplitKey,
+    Spread,
+    Test,
+    compare,
+    finite,
+    rank_stability,
+    spread,
+)
 from gnn.tune import TrialRow, TuneOutcome
 
-SUMMARY_MD, RECOMMENDATION_MD = "summary.md", "recommendation.md"
+SUMMARY_MD, SUMMARY_JSON, RECOMMENDATION_MD = "summary.md", "summary.json", "recommendation.md"
 ACCURACY_PNG, CURVES_PNG = "accuracy_vs_latency.png", "learning_curves.png"
-ALPHA = 0.05  # significance level quoted next to Welch's p-values
+SPLITS_PNG = "accuracy_per_split.png"
+SUMMARY_SCHEMA_VERSION = 1
 
 MEMORY_MEASURES = {
     "cuda_max_allocated": "CUDA max allocated bytes above the level at the start of the run",
@@ -42,13 +60,25 @@ MEMORY_MEASURES = {
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
+    """Mean and sample standard deviation (0 for a single value, NaN for none)."""
+    if not values:
+        return math.nan, math.nan
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def split_of(row: Mapping[str, Any]) -> int:
+    """A row's split id; rows recorded before splits existed were all on the public split, 0."""
+    return int(row.get("split", 0))
+
+
+def run_key(row: Mapping[str, Any]) -> RunKey:
+    """What two models' runs must share to be paired: dataset, split and seed."""
+    return (str(row["dataset"]), split_of(row), int(row["seed"]))
 
 
 @dataclass
 class Summary:
-    """One model x device over its seeds."""
+    """One model x device over its runs (every split and seed)."""
 
     name: str
     device: str
@@ -67,11 +97,36 @@ class Summary:
 
     @property
     def acc(self) -> tuple[float, float]:
-        return mean_std(self.values("test_acc"))
+        """Mean and sample std of the test accuracy over the runs (NaN accuracies left out),
+        the same figures as :attr:`spread`."""
+        sp = self.spread
+        return sp.mean, sp.std
+
+    def accuracies(self) -> dict[RunKey, float]:
+        """Test accuracy per run (the first row of a run recorded twice)."""
+        out: dict[RunKey, float] = {}
+        for row in self.rows:
+            out.setdefault(run_key(row), float(row["test_acc"]))
+        return out
+
+    def by_split(self) -> dict[SplitKey, list[float]]:
+        """Test accuracies grouped by (dataset, split), splits in ascending order."""
+        groups: dict[SplitKey, list[float]] = {}
+        for (dataset, split, _), acc in sorted(self.accuracies().items()):
+            groups.setdefault((dataset, split), []).append(acc)
+        return groups
+
+    def split_means(self) -> dict[SplitKey, float]:
+        """Mean test accuracy over each split's seeds (NaN for a split without a finite one)."""
+        return {key: mean_std(finite(values))[0] for key, values in self.by_split().items()}
+
+    @property
+    def spread(self) -> Spread:
+        return spread(self.by_split())
 
     @property
     def f1(self) -> tuple[float, float]:
-        return mean_std(self.values("test_macro_f1"))
+        return mean_std(finite(self.values("test_macro_f1")))
 
     @property
     def forward_ms(self) -> float:
@@ -107,44 +162,61 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[Summary]:
 
 @dataclass
 class Comparison:
-    """Welch's t-test of the best model's test accuracies against another's, same device."""
+    """The best model on a device against another there: paired on the (split, seed) runs they
+    share, Welch's t-test where they share none (:func:`gnn.stats.compare`)."""
 
     best: Summary
     other: Summary
-    t: float
-    p: float
+    test: Test
 
     @property
     def diff(self) -> float:
-        return self.best.acc[0] - self.other.acc[0]
+        return self.test.diff
+
+    @property
+    def p(self) -> float:
+        return self.test.p
 
 
-def welch(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
-    """Welch's t statistic and two-sided p-value; NaN when either side has < 2 values or both
-    have no spread (the test is undefined there)."""
-    if len(a) < 2 or len(b) < 2:
-        return math.nan, math.nan
-    from scipy.stats import ttest_ind
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # zero variance: scipy returns NaN
-        result = ttest_ind(a, b, equal_var=False)
-    return float(result.statistic), float(result.pvalue)
+def compare_summaries(a: Summary, b: Summary) -> Test:
+    return compare(a.accuracies(), b.accuracies())
 
 
 def best_per_device(summaries: Sequence[Summary]) -> dict[str, Summary]:
+    """The highest mean test accuracy per device (a model without any finite one is never
+    best unless it is alone)."""
+    def mean(s: Summary) -> float:
+        return -math.inf if math.isnan(s.acc[0]) else s.acc[0]
+
     best: dict[str, Summary] = {}
     for s in summaries:
-        if s.device not in best or s.acc[0] > best[s.device].acc[0]:
+        if s.device not in best or mean(s) > mean(best[s.device]):
             best[s.device] = s
     return best
 
 
 def compare_to_best(summaries: Sequence[Summary]) -> list[Comparison]:
     best = best_per_device(summaries)
-    return [Comparison(best[s.device], s, *welch(best[s.device].values("test_acc"),
-                                                 s.values("test_acc")))
+    return [Comparison(best[s.device], s, compare_summaries(best[s.device], s))
             for s in summaries if s is not best[s.device]]
+
+
+@dataclass
+class DeviceRanks:
+    """Rank stability of the models of one device over the splits they all ran on."""
+
+    device: str
+    ranks: dict[str, Rank]  # by summary label
+    notes: list[str]
+
+
+def ranks_per_device(summaries: Sequence[Summary]) -> list[DeviceRanks]:
+    out = []
+    for device in dict.fromkeys(s.device for s in summaries):
+        group = [s for s in summaries if s.device == device]
+        ranks, notes = rank_stability({s.label: s.split_means() for s in group})
+        out.append(DeviceRanks(device, ranks, notes))
+    return out
 
 
 def pareto_front(summaries: Sequence[Summary]) -> list[Summary]:
@@ -167,7 +239,12 @@ SUMMARY_HEADERS = ("model", "device", "runs", "test_acc", "test_macro_f1",
 
 
 def _pm(mean_and_std: tuple[float, float]) -> str:
-    return f"{mean_and_std[0]:.4f} ± {mean_and_std[1]:.4f}"
+    mean, std = mean_and_std
+    return "n/a" if math.isnan(mean) else f"{mean:.4f} ± {std:.4f}"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _p(value: float) -> str:
@@ -197,11 +274,105 @@ def terminal_table(summaries: Sequence[Summary]) -> str:
     return text_table(SUMMARY_HEADERS, [summary_cells(s) for s in summaries])
 
 
-def _welch_rows(comparisons: Sequence[Comparison]) -> list[list[str]]:
-    return [[c.other.device, c.best.name, c.other.name, f"{c.diff:+.4f}",
-             "n/a" if math.isnan(c.t) else f"{c.t:.2f}", _p(c.p),
-             "n/a" if math.isnan(c.p) else ("yes" if c.p < ALPHA else "no")]
-            for c in comparisons]
+def _num(value: float, spec: str = ".4f", signed: bool = False) -> str:
+    if math.isnan(value):
+        return "n/a"
+    return format(value, ("+" if signed else "") + spec)
+
+
+TEST_NAMES = {"wilcoxon": "Wilcoxon (paired)", "welch": "Welch (unpaired)", "none": "none"}
+COMPARISON_HEADERS = ("device", "best", "other", "test", "pairs", "Δ test_acc",
+                      f"{CONFIDENCE:.0%} CI of Δ", "statistic", "p", f"p < {ALPHA}")
+
+
+def _comparison_cells(c: Comparison) -> list[str]:
+    t = c.test
+    significant = {None: "n/a", True: "yes", False: "no"}[t.significant]
+    ci = "n/a" if math.isnan(t.ci_low) else \
+        f"[{_num(t.ci_low, signed=True)}, {_num(t.ci_high, signed=True)}]"
+    return [c.other.device, c.best.label, c.other.label, TEST_NAMES[t.test],
+            str(t.pairs) if t.test == "wilcoxon" else "-", _num(t.diff, signed=True), ci,
+            _num(t.statistic, ".4g"), _p(t.p), significant]
+
+
+def _notes(subjects: Sequence[tuple[str, Sequence[str]]]) -> list[str]:
+    """One bullet per distinct note, naming what it is about, and a blank line after them if
+    any."""
+    about: dict[str, list[str]] = {}
+    for subject, notes in subjects:
+        for note in notes:
+            about.setdefault(note, []).append(subject)
+    lines = [f"- {', '.join(names)}: {note}." for note, names in about.items()]
+    return [*lines, ""] if lines else []
+
+
+def comparison_section(summaries: Sequence[Summary]) -> list[str]:
+    comparisons = compare_to_best(summaries)
+    if not comparisons:
+        return ["## Is the best model really better?", "", "(only one model)", ""]
+    return [
+        "## Is the best model really better?", "",
+        "The most accurate model on each device (highest mean test accuracy) against every "
+        "other model there. Where the two share runs (same split and seed): the Wilcoxon "
+        "signed-rank test of the per-run differences (`scipy.stats.wilcoxon`, two-sided) and "
+        f"the mean difference with its {CONFIDENCE:.0%} bootstrap interval "
+        f"(`scipy.stats.bootstrap`, {BOOTSTRAP_METHOD}, {BOOTSTRAP_RESAMPLES} resamples, seed "
+        f"{BOOTSTRAP_SEED}); where they share none: Welch's t-test on the two unpaired samples. "
+        f"Δ = best - other; `p < {ALPHA}` means the runs separate the two, otherwise the "
+        "difference may be noise. Paired because a split that is easy or hard for one model "
+        "is so for the other: the difference cancels it (docs/statistics.md).",
+        "",
+        markdown_table(COMPARISON_HEADERS, [_comparison_cells(c) for c in comparisons]),
+        "",
+        *_notes([(f"{c.other.label} vs {c.best.label}", c.test.notes) for c in comparisons]),
+    ]
+
+
+SPREAD_HEADERS = ("model", "device", "runs", "splits", "test_acc", "std between splits",
+                  "std within splits (seeds)", "share of variance between splits")
+
+
+def _spread_cells(s: Summary) -> list[str]:
+    sp = s.spread
+    share = "n/a" if math.isnan(sp.between_share) else f"{sp.between_share:.0%}"
+    return [s.name, s.device, str(sp.runs), str(sp.splits), _pm((sp.mean, sp.std)),
+            _num(sp.std_between), _num(sp.std_within), share]
+
+
+def spread_section(summaries: Sequence[Summary]) -> list[str]:
+    return [
+        "## Where the spread comes from: splits and seeds", "",
+        "The sample variance of each model's test accuracy over all its runs, split into a "
+        "part between splits (how far each split's mean over seeds lies from the overall mean) "
+        "and a part within splits (seeds around their split's mean): std² = between² + "
+        "within², the law of total variance over splits (docs/statistics.md).",
+        "",
+        markdown_table(SPREAD_HEADERS, [_spread_cells(s) for s in summaries]),
+        "",
+        *_notes([(s.label, s.spread.notes()) for s in summaries]),
+    ]
+
+
+RANK_HEADERS = ("device", "model", "splits ranked", "ranks first", "mean rank")
+
+
+def rank_section(summaries: Sequence[Summary]) -> list[str]:
+    rows, notes = [], []
+    for group in ranks_per_device(summaries):
+        notes += [(group.device, group.notes)]
+        rows += [[group.device, label, str(r.splits), f"{r.first} ({r.first_fraction:.0%})",
+                  f"{r.mean_rank:.2f}"] for label, r in group.ranks.items()]
+    return [
+        "## Rank stability over splits", "",
+        "In each split the models of a device are ranked by their mean test accuracy over the "
+        "split's seeds (1 = best; tied models share the average of their ranks, and each model "
+        "tied for the best mean counts the split as ranking first); only splits every model "
+        "ran on are ranked.",
+        "",
+        markdown_table(RANK_HEADERS, rows) if rows else "(no ranking)",
+        "",
+        *_notes(notes),
+    ]
 
 
 def _batched_note(summaries: Sequence[Summary]) -> str:
@@ -215,17 +386,19 @@ def _batched_note(summaries: Sequence[Summary]) -> str:
             "(`run_time_s` in the rows); peak memory is the whole run's.")
 
 
-def summary_markdown(summaries: Sequence[Summary], meta: dict[str, Any]) -> str:
+def _ids(values: set[int], noun: str) -> str:
+    return f"{_count(len(values), noun)} ({', '.join(map(str, sorted(values)))})"
+
+
+def _header(summaries: Sequence[Summary], meta: dict[str, Any]) -> list[str]:
     first = summaries[0].rows[0]
     versions = first.get("versions", {})
-    measures = sorted({row["memory_measure"] for s in summaries for row in s.rows})
-    seeds = sorted({int(row["seed"]) for s in summaries for row in s.rows})
-    comparisons = compare_to_best(summaries)
-    front = pareto_front(summaries)
-    parts = [
+    splits = {split_of(row) for s in summaries for row in s.rows}
+    seeds = {int(row["seed"]) for s in summaries for row in s.rows}
+    return [
         f"# Benchmark: {', '.join(sorted({s.dataset for s in summaries}))}",
         "",
-        f"{len(seeds)} seeds ({', '.join(map(str, seeds))}) per model and device; "
+        f"{_ids(splits, 'split')} × {_ids(seeds, 'seed')} per model and device; "
         f"{meta.get('date', time.strftime('%Y-%m-%d %H:%M'))}; gnn {first.get('gnn_version')}, "
         f"torch {versions.get('torch')}, torch_geometric {versions.get('torch_geometric')}, "
         f"python {versions.get('python')}; {first.get('threads')} CPU threads on "
@@ -235,29 +408,32 @@ def summary_markdown(summaries: Sequence[Summary], meta: dict[str, Any]) -> str:
         f"Command: `{meta['command']}`" if meta.get("command") else "",
         "",
         *([meta["tuned"], ""] if meta.get("tuned") else []),
+    ]
+
+
+def summary_markdown(summaries: Sequence[Summary], meta: dict[str, Any]) -> str:
+    first = summaries[0].rows[0]
+    measures = sorted({row["memory_measure"] for s in summaries for row in s.rows})
+    front = pareto_front(summaries)
+    parts = [
+        *_header(summaries, meta),
         markdown_table(SUMMARY_HEADERS, [summary_cells(s) for s in summaries]),
         "",
-        "- test_acc, test_macro_f1: mean ± sample std over seeds, on the public test split, for "
-        "the weights of the best validation epoch.",
+        "- test_acc, test_macro_f1: mean ± sample std over all runs (every split and seed), "
+        "each on its split's test nodes, for the weights of the best validation epoch.",
         "- total_train_time_s: the whole fit (training steps, per-epoch validation, model "
-        "selection); train_loop_time_s: the training steps only. Medians over seeds (robust to "
+        "selection); train_loop_time_s: the training steps only. Medians over runs (robust to "
         "a run slowed by other load on the machine).",
-        f"- avg_forward_ms: median over seeds of each run's median full-graph forward "
+        f"- avg_forward_ms: median over runs of each run's median full-graph forward "
         f"(eval mode, `torch.inference_mode`, {first.get('latency_warmup')} warm-up + "
         f"{first.get('latency_iters')} timed calls, device synchronised around each).",
         "- peak_memory_mb: the largest over the runs of the "
         + "; ".join(MEMORY_MEASURES.get(m, m) for m in measures) + ".",
         _batched_note(summaries),
         "",
-        "## Is the best model really better?",
-        "",
-        "Welch's t-test (unequal variances, two-sided) of the per-seed test accuracies of the most "
-        f"accurate model on each device against every other model there; `p < {ALPHA}` means "
-        "the seeds separate the two, otherwise the difference may be seed noise.",
-        "",
-        markdown_table(("device", "best", "other", "Δ test_acc", "t", "p", f"p < {ALPHA}"),
-                       _welch_rows(comparisons)) if comparisons else "(only one model)",
-        "",
+        *spread_section(summaries),
+        *comparison_section(summaries),
+        *rank_section(summaries),
         "## Pareto front (accuracy vs forward latency)",
         "",
         "Models that no other model beats on both mean test accuracy and forward latency, "
@@ -279,19 +455,36 @@ Derived from the numbers in `summary.md` by these rules, applied per device:
    out before the other rules (and it is said when only neighbour-sampled training fits).
 2. **Best accuracy.** The most accurate model is the one with the highest mean test accuracy.
 3. **Fastest within one std.** Among models whose mean test accuracy is at least the best mean
-   minus the best model's standard deviation over seeds, the fastest (lowest median forward
-   latency). Within one std, seeds do not tell the models apart, so speed decides.
-4. **Pick** the rule-3 model; Welch's p-value against the most accurate model says how sure the
-   accuracy gap is.
+   minus the best model's standard deviation over its runs (splits × seeds), the fastest
+   (lowest median forward latency). Within one std, the runs do not tell the models apart, so
+   speed decides.
+4. **Pick** the rule-3 model. How sure the accuracy gap to the most accurate model is comes
+   from the paired comparison: the Wilcoxon signed-rank test on the runs both models share
+   (same split and seed) and the bootstrap interval of the mean paired difference; Welch's
+   t-test only where they share no run.
 5. **Trade-offs.** Models on the accuracy-latency Pareto front that are faster than the pick are
-   listed with their speed-up, accuracy cost and Welch's p-value against the pick."""
+   listed with their speed-up, accuracy cost and the same comparison against the pick."""
 
 
 def _describe(s: Summary) -> str:
     mean, std = s.acc
-    return (f"**{s.name}**: test accuracy {mean:.4f} ± {std:.4f} over {s.runs} seeds, "
-            f"{s.forward_ms:.3f} ms per full-graph forward, {s.median('total_train_time_s'):.1f} s "
-            f"to train, peak memory {s.peak_memory_mb:.1f} MB")
+    return (f"**{s.name}**: test accuracy {mean:.4f} ± {std:.4f} over "
+            f"{_count(s.spread.runs, 'run')}, {s.forward_ms:.3f} ms per full-graph forward, "
+            f"{s.median('total_train_time_s'):.1f} s to train, peak memory "
+            f"{s.peak_memory_mb:.1f} MB")
+
+
+def describe_test(t: Test) -> str:
+    """The comparison in words, for a sentence of the recommendation."""
+    if t.test == "wilcoxon":
+        ci = "" if math.isnan(t.ci_low) else \
+            f", {CONFIDENCE:.0%} CI [{t.ci_low:+.4f}, {t.ci_high:+.4f}]"
+        few = f" (too few for any p below {ALPHA})" if t.underpowered else ""
+        return (f"Wilcoxon signed-rank on {_count(t.pairs, 'paired run')}{few}: p = {_p(t.p)}; "
+                f"mean paired difference {t.diff:+.4f}{ci}")
+    if t.test == "welch":
+        return f"no shared run; Welch's t-test, unpaired: p = {_p(t.p)}"
+    return "no test: " + "; ".join(t.notes)
 
 
 def _budget_lines(group: list[Summary], budget: float | None) -> tuple[list[Summary], list[str]]:
@@ -322,8 +515,15 @@ def _budget_lines(group: list[Summary], budget: float | None) -> tuple[list[Summ
 
 
 def _device_section(group: list[Summary], budget: float | None) -> list[str]:
-    """Rules 1-5 on one device's models."""
-    candidates, lines = _budget_lines(group, budget)
+    """Rules 1-5 on one device's models (those with a finite mean test accuracy)."""
+    unmeasured = [s for s in group if math.isnan(s.acc[0])]
+    candidates, lines = _budget_lines([s for s in group if s not in unmeasured] or group, budget)
+    if unmeasured:
+        lines.append("- Left out, no finite test accuracy: "
+                     + ", ".join(s.name for s in unmeasured) + ".")
+    candidates = [s for s in candidates if s not in unmeasured]
+    if not candidates:
+        return [*lines, "", "No pick: no model has a finite test accuracy.", ""]
     best = max(candidates, key=lambda s: s.acc[0])
     floor = best.acc[0] - best.acc[1]
     close = [s for s in candidates if s.acc[0] >= floor]
@@ -334,27 +534,29 @@ def _device_section(group: list[Summary], budget: float | None) -> list[str]:
     if pick is best:
         lines.append(within + (f"{', '.join(others)}, none faster." if others
                                else "no other model."))
-        verdict = ("the most accurate model is also the fastest of those the seeds cannot tell "
+        verdict = ("the most accurate model is also the fastest of those the runs cannot tell "
                    "apart from it.")
     else:
-        _, p = welch(best.values("test_acc"), pick.values("test_acc"))
+        test = compare_summaries(best, pick)
         gap, speedup = best.acc[0] - pick.acc[0], best.forward_ms / pick.forward_ms
         lines.append(within + f"{', '.join(others)}; the fastest is {_describe(pick)}.")
-        separated = ("the seeds do not separate the two" if math.isnan(p) or p >= ALPHA
-                     else f"the gap is unlikely to be seed noise (p < {ALPHA}); prefer "
-                          f"{best.name} when {gap:.4f} accuracy matters more than "
-                          f"{speedup:.1f}x latency")
-        verdict = (f"{gap:.4f} below the most accurate model in mean test accuracy (Welch's "
-                   f"p = {_p(p)}: {separated}) and {speedup:.1f}x faster per forward pass.")
+        separated = (f"the gap is unlikely to be noise (p < {ALPHA}); prefer {best.name} when "
+                     f"{gap:.4f} accuracy matters more than {speedup:.1f}x latency"
+                     if test.significant else "too few runs to separate the two"
+                     if test.underpowered else "the runs do not separate the two")
+        verdict = (f"{gap:.4f} below the most accurate model in mean test accuracy "
+                   f"({describe_test(test)}: {separated}) and {speedup:.1f}x faster per "
+                   "forward pass.")
     lines += ["", f"**Pick {pick.name}**: {verdict}", ""]
     for s in pareto_front(candidates):
         if s.forward_ms < pick.forward_ms:  # necessarily less accurate than one std allows
-            _, p = welch(pick.values("test_acc"), s.values("test_acc"))
-            noise = "within seed noise" if math.isnan(p) or p >= ALPHA else "a real loss"
+            test = compare_summaries(pick, s)
+            noise = "a real loss" if test.significant else \
+                "too few runs to tell" if test.underpowered else "within run-to-run noise"
             lines.append(f"- Under a tighter latency budget: {s.name} is "
                          f"{pick.forward_ms / s.forward_ms:.1f}x faster per forward at "
-                         f"{pick.acc[0] - s.acc[0]:.4f} lower mean test accuracy (Welch's "
-                         f"p = {_p(p)}: {noise}).")
+                         f"{pick.acc[0] - s.acc[0]:.4f} lower mean test accuracy "
+                         f"({describe_test(test)}: {noise}).")
     return lines
 
 
@@ -365,6 +567,86 @@ def recommendation_markdown(summaries: Sequence[Summary], budget: float | None =
         parts += [f"## {device}", ""]
         parts += _device_section([s for s in summaries if s.device == device], budget)
     return "\n".join(parts) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# summary.json: the figures of summary.md for programs
+
+
+def _jsonable(value: Any) -> Any:
+    """NaN and infinities (undefined figures) become null: strict JSON, readable anywhere."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _jsonable(v) for key, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _spread_record(sp: Spread) -> dict[str, Any]:
+    return {"mean": sp.mean, "std": sp.std, "variance": sp.var,
+            "variance_between_splits": sp.var_between if sp.between_defined else math.nan,
+            "variance_within_splits": sp.var_within if sp.within_defined else math.nan,
+            "std_between_splits": sp.std_between, "std_within_splits": sp.std_within,
+            "between_share": sp.between_share, "runs": sp.runs, "splits": sp.splits,
+            "nan_runs": sp.nan_runs, "notes": sp.notes()}
+
+
+def _model_record(s: Summary) -> dict[str, Any]:
+    f1_mean, f1_std = s.f1
+    return {"label": s.label, "name": s.name, "device": s.device, "dataset": s.dataset,
+            "sampled": s.sampled, "num_params": s.num_params, "runs": s.runs,
+            "test_acc": _spread_record(s.spread),
+            "test_macro_f1": {"mean": f1_mean, "std": f1_std},
+            "total_train_time_s_median": s.median("total_train_time_s"),
+            "train_loop_time_s_median": s.median("train_loop_time_s"),
+            "forward_ms_median": s.forward_ms, "peak_memory_mb": s.peak_memory_mb,
+            "members_per_run": max(int(r.get("members", 1)) for r in s.rows)}
+
+
+def _comparison_record(c: Comparison) -> dict[str, Any]:
+    t = c.test
+    return {"device": c.other.device, "best": c.best.label, "other": c.other.label,
+            "test": t.test, "pairs": t.pairs, "diff": t.diff, "ci_low": t.ci_low,
+            "ci_high": t.ci_high, "statistic": t.statistic, "p": t.p,
+            "significant": t.significant, "notes": list(t.notes)}
+
+
+def _ranks_record(group: DeviceRanks) -> dict[str, Any]:
+    return {"device": group.device, "notes": group.notes,
+            "models": [{"label": label, "splits": r.splits, "first": r.first,
+                        "first_fraction": r.first_fraction, "mean_rank": r.mean_rank}
+                       for label, r in group.ranks.items()]}
+
+
+def summary_record(summaries: Sequence[Summary], meta: dict[str, Any]) -> dict[str, Any]:
+    """Every figure of ``summary.md`` as one JSON-ready object (undefined figures are null)."""
+    first = summaries[0].rows[0]
+    versions = first.get("versions", {})
+    record = {
+        "schema_version": SUMMARY_SCHEMA_VERSION,
+        "datasets": sorted({s.dataset for s in summaries}),
+        "splits": sorted({split_of(row) for s in summaries for row in s.rows}),
+        "seeds": sorted({int(row["seed"]) for s in summaries for row in s.rows}),
+        "meta": {**meta, "gnn_version": first.get("gnn_version"),
+                 "torch": versions.get("torch"),
+                 "torch_geometric": versions.get("torch_geometric"),
+                 "python": versions.get("python"), "threads": first.get("threads")},
+        "settings": {"alpha": ALPHA, "confidence_level": CONFIDENCE,
+                     "bootstrap_method": BOOTSTRAP_METHOD,
+                     "bootstrap_resamples": BOOTSTRAP_RESAMPLES,
+                     "bootstrap_seed": BOOTSTRAP_SEED},
+        "models": [_model_record(s) for s in summaries],
+        "comparisons": [_comparison_record(c) for c in compare_to_best(summaries)],
+        "ranks": [_ranks_record(group) for group in ranks_per_device(summaries)],
+        "pareto_front": [s.label for s in pareto_front(summaries)],
+    }
+    return _jsonable(record)
+
+
+def summary_json(summaries: Sequence[Summary], meta: dict[str, Any]) -> str:
+    return json.dumps(summary_record(summaries, meta), indent=2, allow_nan=False) + "\n"
 
 
 # --------------------------------------------------------------------------------------------
@@ -391,8 +673,9 @@ def machine_meta(command: str, devices: Sequence[str]) -> dict[str, Any]:
 
 def bench_documents(summaries: Sequence[Summary], meta: dict[str, Any],
                     budget: float | None = None) -> dict[str, bytes]:
-    """The bench's two markdown files, by file name."""
+    """The bench's text files (two markdown, one JSON), by file name."""
     return {SUMMARY_MD: summary_markdown(summaries, meta).encode(),
+            SUMMARY_JSON: summary_json(summaries, meta).encode(),
             RECOMMENDATION_MD: recommendation_markdown(summaries, budget).encode()}
 
 

@@ -18,11 +18,13 @@ import pytest
 from gnn import bench
 from gnn.cli import main
 from gnn.config import config_names, shipped_models
-from gnn.report import compare_to_best, pareto_front, recommendation_markdown, summarize, welch
+from gnn.report import compare_to_best, pareto_front, recommendation_markdown, summarize
+from gnn.stats import welch
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-REPORT_FILES = ("summary.md", "recommendation.md", "accuracy_vs_latency.png",
-                "learning_curves.png")
+REPORT_FILES = ("summary.md", "summary.json", "recommendation.md", "accuracy_vs_latency.png",
+                "learning_curves.png", "accuracy_per_split.png")
+FIGURES = ("accuracy_vs_latency.png", "learning_curves.png", "accuracy_per_split.png")
 SMALL = ["--quick", "--models", "mlp", "gcn", "--seeds", "2", "--epochs", "3", "--no-progress",
          "--members", "1"]
 
@@ -92,7 +94,7 @@ def test_quick_csv_columns_and_values(quick: tuple[Path, str, str]) -> None:
 
 def test_quick_plots_are_valid_pngs(quick: tuple[Path, str, str]) -> None:
     out, _, _ = quick
-    for name in ("accuracy_vs_latency.png", "learning_curves.png"):
+    for name in FIGURES:
         assert (out / name).read_bytes()[:8] == PNG_SIGNATURE
         image = matplotlib.image.imread(out / name)
         assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 200
@@ -103,10 +105,67 @@ def test_quick_markdown_reports(quick: tuple[Path, str, str]) -> None:
     summary = (out / "summary.md").read_text()
     for model in shipped_models():
         assert f"| {model} | cpu | {bench.QUICK_SEEDS} |" in summary
-    assert "Welch" in summary and "| p |" in summary.replace(" p < 0.05 |", "")
-    assert "Pareto front" in summary
+        assert f"| cpu | {model} | 1 | " in summary  # ranked on the one split
+    # every row is on split 0 with seeds 0 and 1: each comparison is paired on both runs
+    assert summary.count(f"| Wilcoxon (paired) | {bench.QUICK_SEEDS} |") == \
+        len(shipped_models()) - 1
+    assert "one split only: the between-split variance is undefined" in summary
+    assert "Pareto front" in summary and "Rank stability over splits" in summary
     recommendation = (out / "recommendation.md").read_text()
     assert "**Pick " in recommendation and "Fastest within one std" in recommendation
+
+
+def test_quick_summary_json(quick: tuple[Path, str, str]) -> None:
+    """summary.json follows its schema and holds the runs' figures."""
+    import jsonschema
+
+    out, _, _ = quick
+    record = json.loads((out / "summary.json").read_text())
+    schema = json.loads((Path(__file__).parents[1] / "docs" / "summary.schema.json").read_text())
+    jsonschema.validate(record, schema)
+    rows = jsonl_rows(out / "runs.jsonl")
+    assert record["splits"] == [0] and record["seeds"] == list(range(bench.QUICK_SEEDS))
+    assert [m["name"] for m in record["models"]] == shipped_models()
+    for model in record["models"]:
+        accs = [r["test_acc"] for r in rows if r["name"] == model["name"]]
+        assert model["test_acc"]["mean"] == pytest.approx(sum(accs) / len(accs))
+        assert model["test_acc"]["std_between_splits"] is None
+    assert all(c["test"] == "wilcoxon" and c["pairs"] == bench.QUICK_SEEDS
+               for c in record["comparisons"])
+
+
+def bench_takes_splits() -> bool:
+    """Whether ``gnn bench`` has ``--splits`` (random splits) in this tree."""
+    from gnn.cli import build_parser
+    from gnn.errors import UsageError
+
+    try:
+        build_parser().parse_args(["bench", "--splits", "2", "--split", "random"])
+    except UsageError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not bench_takes_splits(), reason="gnn bench has no --splits here")
+def test_quick_bench_over_splits_reports_split_statistics(data_root: Path,
+                                                          tmp_path: Path) -> None:
+    """Two random splits x two seeds: the between-split part, the pairing on (split, seed)
+    and the ranks over both splits reach summary.json and summary.md."""
+    out = tmp_path / "bench"
+    assert main(["bench", "--quick", "--models", "mlp", "gcn", "--splits", "2", "--split",
+                 "random", "--seeds", "2", "--no-progress", "--root", str(data_root),
+                 "--out", str(out)]) == 0
+    record = json.loads((out / "summary.json").read_text())
+    assert record["splits"] == [0, 1]
+    for model in record["models"]:
+        assert model["test_acc"]["splits"] == 2 and model["test_acc"]["notes"] == []
+        assert model["test_acc"]["std_between_splits"] is not None
+    (comparison,) = record["comparisons"]
+    assert comparison["test"] == "wilcoxon" and comparison["pairs"] == 4
+    assert all(m["splits"] == 2 for m in record["ranks"][0]["models"])
+    summary = (out / "summary.md").read_text()
+    assert "2 splits (0, 1) × 2 seeds (0, 1)" in summary
+    assert (out / "accuracy_per_split.png").read_bytes()[:8] == PNG_SIGNATURE
 
 
 class Interrupt:
@@ -201,9 +260,10 @@ def fake_rows(name: str, accs: list[float], ms: float, mb: float = 10.0,
 
 
 def test_pick_is_fastest_within_one_std_of_best() -> None:
-    rows = (fake_rows("slow_best", [0.82, 0.84, 0.83], ms=10.0)
-            + fake_rows("fast_close", [0.825, 0.82, 0.823], ms=1.0)
-            + fake_rows("fast_bad", [0.70, 0.71, 0.69], ms=0.5))
+    """Six seeds: enough for the paired Wilcoxon test to reach p < 0.05 (2 / 2**6)."""
+    rows = (fake_rows("slow_best", [0.82, 0.84, 0.83, 0.835, 0.825, 0.83], ms=10.0)
+            + fake_rows("fast_close", [0.825, 0.82, 0.823, 0.83, 0.826, 0.824], ms=1.0)
+            + fake_rows("fast_bad", [0.70, 0.71, 0.69, 0.70, 0.72, 0.71], ms=0.5))
     summaries = summarize(rows)
     text = recommendation_markdown(summaries)
     assert "**Pick fast_close**" in text and "10.0x faster" in text

@@ -269,19 +269,42 @@ def test_disk_full_is_one_line_and_leaves_nothing(data_root: Path, tmp_path: Pat
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("delay", [0.4, 0.8, 1.5])
+def _wait_for_torch_loading(pid: int, deadline_s: float = 60.0) -> bool:
+    """True once process ``pid`` maps a torch library: its handlers are in place (the entry
+    point installs them before importing anything heavy) and torch is being imported. A signal
+    sent earlier could land in the interpreter's own start-up (``site``), before any code of
+    ours runs, which no program can answer with its own message."""
+    import time
+
+    maps = Path(f"/proc/{pid}/maps")
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        try:
+            if "libtorch" in maps.read_text():
+                return True
+        except OSError:  # the process ended
+            return False
+        time.sleep(0.005)
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc (Linux)")
+@pytest.mark.parametrize("delay", [0.0, 0.3, 1.0])
 def test_sigint_while_starting_is_one_line(delay: float) -> None:
-    """SIGINT while the modules and torch are still being imported: one line and exit 130,
-    no traceback, and the process ends by its exit code, not by the signal."""
+    """SIGINT while torch and the modules are still being imported (``delay`` seconds after
+    torch's library is mapped): one line and exit 130, no traceback, and the process ends by
+    its exit code, not by the signal."""
     import signal
     import time
 
     proc = subprocess.Popen([sys.executable, "-m", "gnn", "train", "--epochs", "1"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=Path(__file__).resolve().parents[1])
+    loading = _wait_for_torch_loading(proc.pid)
     time.sleep(delay)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
+    assert loading, f"torch was never loaded: {err}"
     if proc.returncode == 0:
         pytest.skip("the run finished before the signal")
     assert proc.returncode == 130, err
