@@ -12,8 +12,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors",),  # every exception type; imports nothing
     ("config",),  # dataclasses, YAML, field checks; no torch
     ("files", "timing", "metrics", "memory", "stats"),  # writes, clocks, scores, RSS, statistics
-    ("synthetic",),  # the CSBM graph generator
-    ("data",),  # Planetoid loading, the cache, split and graph checks, the dataset registry
+    ("synthetic", "npz"),  # the CSBM graph generator; the .npz graph reader (no unpickling)
+    ("data",),  # Planetoid and .npz loading, the cache, splits, graph checks, the dataset registry
     ("kernels",),  # cached sparse operators and CSR products
     ("models",),  # the model registry: thin subclasses of PyG's models
     ("sampling",),  # the neighbour sampler and its loader

@@ -24,6 +24,7 @@ from torch_geometric.loader import NeighborLoader
 
 from gnn.config import Config
 from gnn.memory import StepPeaks, free_memory
+from gnn.models import MODELS
 from gnn.sampling import layerwise_inference, make_neighbor_loader
 
 #: On a GPU, ``auto`` reads features as CSR once the first layer is at least this many columns
@@ -90,12 +91,19 @@ class FullBatch(Batching):
     train_mask: Tensor
     inference_dtype: str = "float32"
     meter: StepPeaks | None = None
+    #: ``[N, C]`` one-hot training labels (zero rows elsewhere), the third input of a model
+    #: that reads labels (label propagation, C&S); ``None`` for the others
+    labels: Tensor | None = None
+
+    def _inputs(self) -> tuple[Tensor, ...]:
+        inputs = (self.x, self.edge_index)
+        return inputs if self.labels is None else (*inputs, self.labels)
 
     def train_epoch(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> float:
         with measured_step(self.meter):
             model.train()
             optimizer.zero_grad(set_to_none=True)
-            out = model(self.x, self.edge_index)
+            out = model(*self._inputs())
             loss = F.cross_entropy(out[self.train_mask], self.y[self.train_mask])
             loss.backward()
             optimizer.step()
@@ -104,7 +112,14 @@ class FullBatch(Batching):
     def predict(self, model: nn.Module) -> Tensor:
         model.eval()
         with torch.inference_mode(), inference_context(self.x.device, self.inference_dtype):
-            return model(self.x, self.edge_index).float()
+            return model(*self._inputs()).float()
+
+
+def training_labels(data: Data) -> Tensor:
+    """One-hot labels of the training nodes, zero rows for every other node: all a label-using
+    model may know of the labels (never a validation or test label)."""
+    classes = int(data.y.max()) + 1
+    return F.one_hot(data.y, classes).float() * data.train_mask.unsqueeze(1)
 
 
 def make_batching(cfg: Config, data: Data, device: torch.device, *,
@@ -112,9 +127,10 @@ def make_batching(cfg: Config, data: Data, device: torch.device, *,
     """The batching a config asks for, on ``device``."""
     if cfg.sampler.enabled:
         return SampledBatching.from_config(cfg, data, device, meter=meter)
+    uses_labels = getattr(MODELS[cfg.model.name], "uses_labels", False)
     return FullBatch(node_features(data, cfg).to(device), data.edge_index.to(device),
                      data.y.to(device), data.train_mask.to(device), cfg.train.inference_dtype,
-                     meter)
+                     meter, training_labels(data).to(device) if uses_labels else None)
 
 
 def full_batch_bytes(data: Data, hidden_channels: int) -> int:

@@ -29,7 +29,7 @@ from torch_geometric.data import Data
 from gnn import __version__
 from gnn.batching import make_batching
 from gnn.config import Config, SamplerConfig, config_names, did_you_mean, load_config
-from gnn.data import load_dataset
+from gnn.data import data_for_split, load_dataset, split_masks
 from gnn.errors import ConfigError
 from gnn.files import (
     append_line,
@@ -38,18 +38,19 @@ from gnn.files import (
     ensure_writable_dir,
     signals_deferred,
 )
-from gnn.members import can_batch, fit_members, resolve_members
+from gnn.members import can_batch, fit_members, member_groups, resolve_members
 from gnn.memory import PeakWindow, probe_for
 from gnn.timing import measure_latency
 from gnn.training import FitResult, check_config, fit, resolve_device
 
 DEFAULT_SEEDS = 5
 MAX_SEEDS = 10_000
+MAX_SPLITS = 10_000
 QUICK_SEEDS, QUICK_EPOCHS = 2, 10
 
 JSONL, CSV = "runs.jsonl", "runs.csv"
 CSV_COLUMNS = (
-    "name", "model", "dataset", "device", "seed", "sampled", "epochs", "best_epoch",
+    "name", "model", "dataset", "device", "split", "seed", "sampled", "epochs", "best_epoch",
     "num_params", "train_acc", "val_acc", "test_acc", "train_macro_f1", "val_macro_f1",
     "test_macro_f1", "total_train_time_s", "train_loop_time_s", "forward_ms_median",
     "forward_ms_iqr", "forward_ms_min", "latency_warmup", "latency_iters", "peak_memory_mb",
@@ -71,20 +72,23 @@ QUICK_LATENCY = LatencySettings(warmup=2, iters=5)
 
 @dataclass(frozen=True)
 class Run:
-    """One planned training run: a config (by name) on one device with one seed."""
+    """One planned training run: a config (by name) on one device, one split, one seed."""
 
     name: str
     device: str
     seed: int
     cfg: Config
+    split: int = 0
 
     @property
-    def key(self) -> tuple[str, str, str, int]:
-        return (self.name, self.cfg.data.name, self.device, self.seed)
+    def key(self) -> tuple[str, str, str, int, int]:
+        return (self.name, self.cfg.data.name, self.device, self.split, self.seed)
 
 
-def row_key(row: dict[str, Any]) -> tuple[str, str, str, int]:
-    return (row["name"], row["dataset"], row["device"], int(row["seed"]))
+def row_key(row: dict[str, Any]) -> tuple[str, str, str, int, int]:
+    """A row's run; rows written before splits existed were all on split 0."""
+    return (row["name"], row["dataset"], row["device"], int(row.get("split", 0)),
+            int(row["seed"]))
 
 
 #: Config keys that say where data comes from or how a run reports, not what it computes.
@@ -103,10 +107,13 @@ def config_hash(cfg: Config) -> str:
 
 
 def plan_runs(names: Sequence[str], seeds: int, devices: Sequence[str], configs_dir: Path,
-              overrides: dict[str, Any]) -> list[Run]:
-    """Every (config, device, seed) to run, model-major; raises ConfigError on bad input."""
+              overrides: dict[str, Any], splits: int = 1) -> list[Run]:
+    """Every (config, device, split, seed) to run, model-major then split-major (split ids
+    ``0..splits-1`` are split seeds); raises ConfigError on bad input."""
     if not 1 <= seeds <= MAX_SEEDS:
         raise ConfigError(f"--seeds: must be 1..{MAX_SEEDS}, got {seeds}")
+    if not 1 <= splits <= MAX_SPLITS:
+        raise ConfigError(f"--splits: must be 1..{MAX_SPLITS}, got {splits}")
     available = config_names(configs_dir)
     if not names:
         raise ConfigError(f"--models: no config found in {configs_dir}")
@@ -119,10 +126,15 @@ def plan_runs(names: Sequence[str], seeds: int, devices: Sequence[str], configs_
                               f"{did_you_mean(name, available)}; choose from "
                               f"{', '.join(available) or 'nothing'}")
         base = check_config(load_config(configs_dir / f"{name}.yaml").override(overrides))
+        if splits > 1 and base.data.split == "public":
+            raise ConfigError(f"--splits: {name} uses data.split: public, which has one split; "
+                              f"pass --split random for {splits} random splits")
         for device in dict.fromkeys(devices):
-            for seed in range(seeds):
-                cfg = base.override({"train.seed": seed, "train.device": device})
-                runs.append(Run(name, device, seed, cfg))
+            for split in range(splits):
+                for seed in range(seeds):
+                    cfg = base.override({"train.seed": seed, "train.device": device,
+                                         "data.split_seed": split})
+                    runs.append(Run(name, device, seed, cfg, split))
     return runs
 
 
@@ -141,33 +153,35 @@ def run_one(run: Run, data: Data, latency: LatencySettings) -> tuple[dict[str, A
     device = resolve_device(run.device)
     probe = probe_for(device)
     with PeakWindow(probe) as memory:
-        result = fit(run.cfg, data)
-        row = _row(run, result, data, latency, device)
+        result = fit(run.cfg, data_for_split(data, run.cfg.data, run.split))
+        row = _row(run, result, latency, device)
     row.update({"peak_memory_mb": memory.peak / 2**20, "memory_measure": probe.name})
     return row, _line(run, result)
 
 
 def run_members(runs: Sequence[Run], data: Data,
                 latency: LatencySettings) -> list[tuple[dict[str, Any], str]]:
-    """Train the seeds of ``runs`` (one config, one device) as members of one batched run;
-    each member's forward latency is timed on its own extracted model. Peak memory is the
-    batched run's, recorded on every row with ``members``."""
+    """Train ``runs`` (one config, one device; their own splits and seeds) as members of one
+    batched run; each member's forward latency is timed on its own extracted model. Peak
+    memory is the batched run's, recorded on every row with ``members``."""
     device = resolve_device(runs[0].device)
     probe = probe_for(device)
     with PeakWindow(probe) as memory:
-        results = fit_members(runs[0].cfg, [run.seed for run in runs], data)
+        results = fit_members(runs[0].cfg, [run.seed for run in runs], data,
+                              splits=[run.split for run in runs])
     out = []
     for run, result in zip(runs, results, strict=True):
         result.trained = result.trained.to(device)
-        row = _row(run, result, data, latency, device)
+        row = _row(run, result, latency, device)
         row.update({"peak_memory_mb": memory.peak / 2**20, "memory_measure": probe.name})
         out.append((row, _line(run, result)))
     return out
 
 
-def _row(run: Run, result: FitResult, data: Data, latency: LatencySettings,
+def _row(run: Run, result: FitResult, latency: LatencySettings,
          device: torch.device) -> dict[str, Any]:
-    predict = full_graph_forward(run.cfg, data, result.trained, device)
+    assert result.data is not None  # the run's graph with its split's masks
+    predict = full_graph_forward(run.cfg, result.data, result.trained, device)
     stats = measure_latency(predict, device, latency.warmup, latency.iters)
     row = result.to_record()
     row.update({
@@ -201,7 +215,7 @@ def batches(todo: Sequence[Run], members: str | int,
             continue
         size = resolve_members(members, len(runs), runs[0].cfg,
                                datasets[_data_key(runs[0].cfg)])
-        work += [runs[i:i + size] for i in range(0, len(runs), size)]
+        work += member_groups(runs[0].cfg, runs, size, split_of=lambda run: run.split)
     return work
 
 
@@ -260,7 +274,7 @@ class RunLog:
             if path.exists() and not path.is_file():
                 raise ConfigError(f"--resume: {path} is not a regular file")
         lines, cut = complete_lines(self.jsonl)
-        rows: dict[tuple[str, str, str, int], dict[str, Any]] = {}
+        rows: dict[tuple[str, str, str, int, int], dict[str, Any]] = {}
         dropped = int(cut)
         for line in lines:
             try:
@@ -313,11 +327,13 @@ def run_bench(plan: Sequence[Run], out: Path, *, resume: bool, latency: LatencyS
     for row in rows:
         run = planned.get(row_key(row))
         if run is not None and row.get("config_hash") != config_hash(run.cfg):
-            raise ConfigError(f"--resume: {log.jsonl} holds {run.name} seed {run.seed} on "
-                              f"{run.device} run with other settings; use another --out")
+            raise ConfigError(f"--resume: {log.jsonl} holds {run.name} split {run.split} seed "
+                              f"{run.seed} on {run.device} run with other settings; use "
+                              "another --out")
     done = {row_key(row) for row in rows}
     todo = [run for run in plan if run.key not in done]
     datasets = _load_datasets(todo)  # data errors surface before any file is written
+    _check_splits(todo, datasets)
     work = batches(todo, members, datasets)
     ensure_writable_dir(out, "--out")
     log.start(rows)
@@ -347,7 +363,21 @@ def run_bench(plan: Sequence[Run], out: Path, *, resume: bool, latency: LatencyS
 
 
 def _data_key(cfg: Config) -> str:
-    return json.dumps(dataclasses.asdict(cfg.data), sort_keys=True)
+    """The graph a config loads: its splits share one load (each run takes its split's
+    masks, :func:`gnn.data.data_for_split`)."""
+    fields = dataclasses.asdict(cfg.data)
+    fields.pop("split_seed")
+    return json.dumps(fields, sort_keys=True)
+
+
+def _check_splits(runs: Sequence[Run], datasets: dict[str, Data]) -> None:
+    """Draw every planned split once, so a split that cannot be drawn or trained (a class too
+    small, an inductive training graph without edges) stops the bench before any file."""
+    wanted: dict[str, tuple[Config, set[int]]] = {}
+    for run in runs:
+        wanted.setdefault(_data_key(run.cfg), (run.cfg, set()))[1].add(run.split)
+    for key, (cfg, splits) in wanted.items():
+        split_masks(datasets[key], cfg.data, sorted(splits))
 
 
 def _load_datasets(runs: Sequence[Run]) -> dict[str, Data]:

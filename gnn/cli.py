@@ -49,8 +49,19 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, help="number of epochs (overrides train.epochs)")
     p.add_argument("--device", help="cpu or cuda (overrides train.device)")
     p.add_argument("--split-mode", help="transductive or inductive (overrides data.split_mode)")
+    _add_split_options(p)
+    p.add_argument("--split-seed", type=int, metavar="N",
+                   help="with --split random: which random split (overrides data.split_seed)")
     p.add_argument("--trust-data", action="store_true", default=None,
                    help="load raw files whose SHA-256 differs from the public ones (warning)")
+
+
+def _add_split_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--split", choices=("public", "random"),
+                   help="the dataset's public split or stratified random splits "
+                        "(overrides data.split)")
+    p.add_argument("--largest-component", action="store_true", default=None,
+                   help="keep the largest connected component (data.largest_component)")
 
 
 def build_parser() -> Parser:
@@ -124,6 +135,10 @@ def _add_bench(sub: Any) -> None:
                             f"project's are {', '.join(shipped_models())})")
     bench.add_argument("--seeds", type=int,
                        help="seeds 0..N-1 per model and device (default 5; 2 with --quick)")
+    bench.add_argument("--splits", type=int, default=1, metavar="K",
+                       help="random splits 0..K-1 (split seeds) per model and device, each "
+                            "with every seed (default 1; K > 1 needs --split random)")
+    _add_split_options(bench)
     bench.add_argument("--devices", nargs="+", choices=("cpu", "cuda"), default=["cpu"],
                        help="devices to run on (default: cpu)")
     bench.add_argument("--dataset", help="dataset for every model (default: each config's)")
@@ -155,8 +170,10 @@ def _add_tune(sub: Any) -> None:
                       help="config names in --configs, tuned one after the other")
     tune.add_argument("--trials", type=int, required=True,
                       help="budget per model: finished trials over every worker of the study")
-    tune.add_argument("--splits", type=int, default=1,
-                      help="splits per trial (default 1; the public split is one split)")
+    tune.add_argument("--splits", type=int, default=1, metavar="K",
+                      help="random splits 0..K-1 per trial, each with every seed (default 1; "
+                           "K > 1 needs --split random)")
+    _add_split_options(tune)
     tune.add_argument("--seeds", type=int, default=2, help="seeds 0..S-1 per split and "
                       "trial (default 2)")
     tune.add_argument("--out", default="results/tune", help="output folder (default "
@@ -193,7 +210,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         "train.seed": args.seed, "train.epochs": args.epochs, "train.device": args.device,
         "data.trust_data": args.trust_data,
         "train.progress": getattr(args, "progress", None),
-        "data.split_mode": args.split_mode,
+        "data.split_mode": args.split_mode, "data.split": args.split,
+        "data.split_seed": args.split_seed, "data.largest_component": args.largest_component,
     }
     return cfg.override(overrides)
 
@@ -433,9 +451,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.memory_budget_mb is not None and not args.memory_budget_mb > 0:
         raise ConfigError(f"--memory-budget-mb: must be > 0, got {args.memory_budget_mb}")
     overrides = {"data.name": args.dataset, "data.root": args.root, "train.epochs": epochs,
-                 "data.trust_data": args.trust_data, "train.progress": False}
+                 "data.trust_data": args.trust_data, "train.progress": False,
+                 "data.split": args.split, "data.largest_component": args.largest_component}
     members = parse_members(args.members)
-    plan = bench.plan_runs(names, seeds, args.devices, configs_dir, overrides)
+    plan = bench.plan_runs(names, seeds, args.devices, configs_dir, overrides, args.splits)
     latency = bench.QUICK_LATENCY if args.quick else bench.LatencySettings()
     out = Path(args.out)
     try:
@@ -475,7 +494,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     configs_dir = Path(args.configs) if args.configs else shipped_configs_dir()
     overrides = {"data.name": args.dataset, "data.root": args.root, "train.epochs": args.epochs,
                  "train.device": args.device, "data.trust_data": args.trust_data,
-                 "train.progress": False}
+                 "train.progress": False, "data.split": args.split,
+                 "data.largest_component": args.largest_component}
     jobs = tune.plan_jobs(args.models, configs_dir,
                           Path(args.search) if args.search else tune.search_dir(configs_dir),
                           overrides, args.trials, args.splits, args.seeds, args.seed)

@@ -45,7 +45,12 @@ class ModelConfig:
     heads: int = field(default=8, metadata=_range(1, 256))  # GAT: attention heads, hidden layers
     attn_dropout: float = field(default=0.6, metadata=_range(0.0, 1.0, hi_open=True))  # GAT
     K: int = field(default=10, metadata=_range(1, 1000))  # APPNP: propagation steps
-    alpha: float = field(default=0.1, metadata=_range(0.0, 1.0))  # APPNP: teleport probability
+    # APPNP, label propagation: teleport (restart) probability; GCNII: initial-residual weight
+    alpha: float = field(default=0.1, metadata=_range(0.0, 1.0))
+    theta: float = field(default=0.5, metadata=_range(0.0, 100.0))  # GCNII: identity mapping
+    # C&S: PyG CorrectAndSmooth's alphas (the weight of the propagated term), K steps each
+    correction_alpha: float = field(default=1.0, metadata=_range(0.0, 1.0))
+    smoothing_alpha: float = field(default=0.8, metadata=_range(0.0, 1.0))
     fast: bool = True  # cached normalised CSR adjacency and sparse-aware layers
 
 
@@ -70,10 +75,19 @@ class DataConfig:
     num_features: int = field(default=32, metadata=_range(1, 1 << 20))
     feature_signal: float = field(default=1.0, metadata=_range(0.0, 1e6))
     feature_density: float = field(default=0.05, metadata=_range(0.0, 1.0, lo_open=True))
+    graph_seed: int = field(default=0, metadata=_range(0, 2**63 - 1))
+    # csbm's own split: train_per_class per class, then num_val and num_test nodes
     train_per_class: int = field(default=20, metadata=_range(1, INT32_MAX))
     num_val: int = field(default=500, metadata=_range(1, INT32_MAX))
     num_test: int = field(default=1000, metadata=_range(1, INT32_MAX))
-    graph_seed: int = field(default=0, metadata=_range(0, 2**63 - 1))
+    # public: the dataset's own split (Planetoid's 20 per class / 500 / 1000, csbm's above);
+    # random: train_per_class and val_per_class nodes of every class drawn from split_seed
+    # (independent of train.seed), every other node tested (gnn.data.random_split)
+    split: str = field(default="public", metadata={"choices": ("public", "random")})
+    val_per_class: int = field(default=30, metadata=_range(1, INT32_MAX))
+    split_seed: int = field(default=0, metadata=_range(0, 2**32 - 1))
+    # keep only the largest connected component (edges taken as undirected), before the split
+    largest_component: bool = False
 
 
 @dataclass
@@ -84,6 +98,8 @@ class TrainConfig:
     eval_every: int = field(default=1, metadata=_range(1, 10_000_000))
     lr: float = field(default=0.01, metadata=_range(0.0, 100.0, lo_open=True))
     weight_decay: float = field(default=5e-4, metadata=_range(0.0, 100.0))
+    # GCNII: weight decay of the convolutions (null: weight_decay), the paper's two-group recipe
+    conv_weight_decay: float | None = field(default=None, metadata=_range(0.0, 100.0))
     seed: int = field(default=0, metadata=_range(0, 2**32 - 1))  # numpy's seed range
     device: str = field(default="cpu", metadata={"choices": ("cpu", "cuda")})
     compile: bool = False
@@ -166,9 +182,22 @@ class Config:
         if self.sampler.full_batch_eval == "always" and self.sampler.inference != "layerwise":
             raise ConfigError("sampler.full_batch_eval: always needs sampler.inference: "
                               "layerwise (sampled inference has no full-batch equivalent)")
+        _check_split(self.data)
         if any(f == 0 or f < -1 or f > INT32_MAX for f in self.sampler.fanout):
             raise ConfigError("sampler.fanout: entries must be positive or -1 (all "
                               f"neighbours), got {show(self.sampler.fanout)}")
+
+
+def _check_split(cfg: DataConfig) -> None:
+    """A public split is the dataset's one split, on its whole graph."""
+    if cfg.split != "public":
+        return
+    if cfg.split_seed != 0:
+        raise ConfigError(f"data.split_seed: data.split: public has one split (0), got "
+                          f"{cfg.split_seed}; use data.split: random for others")
+    if cfg.largest_component:
+        raise ConfigError("data.largest_component: the public split is defined on the whole "
+                          "graph; use data.split: random with it")
 
 
 def load_config(path: str | Path | None) -> Config:

@@ -14,6 +14,7 @@ structural checks (:func:`check_graph`) is removed and rebuilt with one warning.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import os
@@ -21,10 +22,12 @@ import pickle
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from filelock import FileLock
 from torch import Tensor
@@ -34,12 +37,38 @@ from torch_geometric.transforms import NormalizeFeatures
 
 from gnn.config import DataConfig, did_you_mean, show
 from gnn.errors import ConfigError, DataError
+from gnn.npz import read_graph_npz
 from gnn.synthetic import check_csbm, csbm
 
 #: Lower-case name -> PyG's spelling. Every Planetoid dataset goes through the same code;
 #: ``csbm`` is generated (:mod:`gnn.synthetic`).
 PLANETOID: dict[str, str] = {"cora": "Cora", "citeseer": "CiteSeer", "pubmed": "PubMed"}
-DATASETS: dict[str, str] = {**PLANETOID, "csbm": "csbm"}
+
+
+@dataclass(frozen=True)
+class NpzSource:
+    """A graph stored as one ``.npz`` file (:mod:`gnn.npz`), where PyG's dataset of the same
+    family fetches it; such graphs have no public split."""
+
+    name: str  # our spelling, e.g. Amazon-Computers
+    family: str  # PyG's dataset class: Amazon, Coauthor or CitationFull
+    folder: str  # PyG's folder for it under a root of that class
+    file: str
+    url: str
+
+
+_SHCHUR = "https://github.com/shchur/gnn-benchmark/raw/master/data/npz"
+_G2G = "https://github.com/abojchevski/graph2gauss/raw/master/data"
+NPZ: dict[str, NpzSource] = {s.name.lower(): s for s in (
+    NpzSource("Amazon-Computers", "Amazon", "Computers", "amazon_electronics_computers.npz",
+              _SHCHUR),
+    NpzSource("Amazon-Photo", "Amazon", "Photo", "amazon_electronics_photo.npz", _SHCHUR),
+    NpzSource("Coauthor-CS", "Coauthor", "CS", "ms_academic_cs.npz", _SHCHUR),
+    NpzSource("Coauthor-Physics", "Coauthor", "Physics", "ms_academic_phy.npz", _SHCHUR),
+    *(NpzSource(f"CitationFull-{name}", "CitationFull", name.lower(), f"{name.lower()}.npz",
+                _G2G) for name in ("Cora", "CiteSeer", "PubMed", "Cora_ML", "DBLP")),
+)}
+DATASETS: dict[str, str] = {**PLANETOID, **{k: s.name for k, s in NPZ.items()}, "csbm": "csbm"}
 PLANETOID_FILES = ("x", "tx", "allx", "y", "ty", "ally", "graph", "test.index")
 
 #: SHA-256 of the public raw files (as PyG downloads them). A dataset without an entry is
@@ -406,6 +435,165 @@ def _process_into(work: Path, raw_dir: Path, name: str, hashes: dict[str, str]) 
 
 
 # --------------------------------------------------------------------------------------------
+# Graphs stored as .npz files
+
+
+def npz_candidates(root: Path, source: NpzSource) -> list[Path]:
+    """Where an ``.npz`` graph is looked for: ``root/<Name>/raw`` and PyG's layout for a root of
+    the family, ``root/<Family>/<folder>/raw``."""
+    return [root / source.name / "raw" / source.file,
+            root / source.family / source.folder / "raw" / source.file]
+
+
+def _npz_missing(root: Path, source: NpzSource, reason: str) -> str:
+    folders = " or ".join(str(p.parent) for p in npz_candidates(root, source))
+    return (f"{source.name}: raw file not found ({reason}); looked for {source.file} in "
+            f"{folders}; put it there or point at its root with --root DIR or "
+            "GNN_DATA_ROOT=DIR")
+
+
+def _download_npz(root: Path, source: NpzSource) -> Path:
+    """Fetch the file as PyG's dataset would, into ``root/<Name>/raw``, all or nothing."""
+    from torch_geometric.io import fs
+
+    target = root / source.name / "raw" / source.file
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-") as tmp:
+        fs.cp(f"{source.url}/{source.file}", tmp)
+        os.replace(Path(tmp) / source.file, target)
+    return target
+
+
+def load_npz_graph(name: str, root: str | os.PathLike[str] | None = None, *,
+                   download: bool = True) -> Data:
+    """An ``.npz`` graph by name (:data:`NPZ`), downloaded when missing and the network is
+    reachable; read with :func:`gnn.npz.read_graph_npz` (no unpickling) and checked."""
+    source = NPZ[name.lower()]
+    root_path = resolve_root(root)
+    path = next((p for p in npz_candidates(root_path, source) if p.is_file()), None)
+    if path is None:
+        if not download:
+            raise DataError(_npz_missing(root_path, source, "downloads disabled"))
+        target = root_path if _is_writable(root_path) else cache_dir() / "data"
+        try:
+            path = _download_npz(target, source)
+        except Exception as exc:  # network errors come in many types
+            reason = f"download failed: {exc.__class__.__name__}"
+            raise DataError(_npz_missing(root_path, source, reason)) from None
+    data = read_graph_npz(path)
+    try:
+        check_graph(data)
+    except DataError as exc:
+        raise DataError(f"{source.name}: {path.name} fails the structural checks: {exc}") from None
+    data.name = source.name
+    data.raw_sha256 = {source.file: sha256_file(path)}  # the dataset's identity
+    return data
+
+
+# --------------------------------------------------------------------------------------------
+# Random splits
+
+
+@dataclass(frozen=True)
+class SplitMasks:
+    """The train/val/test masks of several splits of one graph: ``[K, N]`` booleans, row ``k``
+    being split ``ids[k]``."""
+
+    ids: tuple[int, ...]
+    train: Tensor
+    val: Tensor
+    test: Tensor
+
+    def index(self, split: int) -> int:
+        """The row of split id ``split``."""
+        return self.ids.index(split)
+
+
+def random_split(y: Tensor, train_per_class: int, val_per_class: int,
+                 split_seed: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Train, val and test masks drawn stratified: exactly ``train_per_class`` and
+    ``val_per_class`` nodes of every class, every other node tested.
+
+    The draw depends on ``split_seed`` alone (numpy's PCG64 generator, seeded explicitly, so no
+    global random state and no initialisation seed moves it, and every machine draws the same
+    masks). A class with fewer than ``train_per_class + val_per_class`` nodes is an error.
+    """
+    labels = y.cpu().numpy()
+    classes, counts = np.unique(labels, return_counts=True)
+    need = train_per_class + val_per_class
+    if counts.min() < need:
+        small = int(classes[counts.argmin()])
+        raise DataError(f"data.train_per_class: class {small} has {int(counts.min())} nodes, "
+                        f"fewer than train_per_class + val_per_class = {train_per_class} + "
+                        f"{val_per_class}")
+    rng = np.random.default_rng(split_seed)
+    train = np.zeros(labels.size, dtype=bool)
+    val = np.zeros(labels.size, dtype=bool)
+    for c in classes:  # ascending, so the draw's order is fixed
+        members = rng.permutation(np.flatnonzero(labels == c))
+        train[members[:train_per_class]] = True
+        val[members[train_per_class:need]] = True
+    test = ~(train | val)
+    if not test.any():
+        raise DataError(f"data.val_per_class: every node is in training or validation "
+                        f"({need} per class); no node is left to test")
+    return torch.from_numpy(train), torch.from_numpy(val), torch.from_numpy(test)
+
+
+def split_masks(data: Data, cfg: DataConfig, splits: Sequence[int]) -> SplitMasks:
+    """The masks of split ids ``splits`` of ``data`` as ``cfg`` draws them: the graph's own
+    split for ``data.split: public`` (which has one split, id 0), else :func:`random_split`
+    with each id as its split seed."""
+    ids = tuple(int(s) for s in splits)
+    if not ids:
+        raise ConfigError("--splits: at least one split is needed")
+    if cfg.split == "public":
+        if any(s != 0 for s in ids):
+            raise ConfigError(f"--splits: data.split: public has one split (0), asked for "
+                              f"{len(set(ids))}; use data.split: random for more")
+        rows = [tuple(getattr(data, f"{s}_mask") for s in ("train", "val", "test"))] * len(ids)
+    else:
+        rows = [random_split(data.y, cfg.train_per_class, cfg.val_per_class, s) for s in ids]
+    train, val, test = (torch.stack(list(masks)) for masks in zip(*rows, strict=True))
+    masks = SplitMasks(ids, train, val, test)
+    if cfg.split_mode == "inductive":
+        for k, split in enumerate(ids):
+            _check_inductive_edges(data, masks.train[k] | masks.val[k], split)
+    return masks
+
+
+def _check_inductive_edges(data: Data, seen: Tensor, split: int) -> None:
+    """Inductive training sees only edges between train and val nodes; a split that leaves it
+    none would train a graph model on features alone."""
+    ei = data.edge_index
+    if not bool((seen[ei[0]] & seen[ei[1]]).any()):
+        raise ConfigError(f"data.split_mode: inductive training on split {split} has no edge "
+                          f"(none joins two of its {int(seen.sum())} train and val nodes); "
+                          "use more nodes per class or split_mode: transductive")
+
+
+def with_split(data: Data, masks: SplitMasks, split: int) -> Data:
+    """``data`` with split ``split``'s masks: a shallow copy sharing features and edges."""
+    k = masks.index(split)
+    out = copy.copy(data)
+    out.train_mask, out.val_mask, out.test_mask = masks.train[k], masks.val[k], masks.test[k]
+    return out
+
+
+def data_for_split(data: Data, cfg: DataConfig, split: int) -> Data:
+    """``data`` with the masks of split id ``split`` (see :func:`split_masks`)."""
+    return with_split(data, split_masks(data, cfg, [split]), split)
+
+
+def largest_component(data: Data) -> Data:
+    """The subgraph of the largest connected component, edges taken as undirected (PyG's
+    ``LargestConnectedComponents``, weak connection), nodes relabelled in their order."""
+    from torch_geometric.transforms import LargestConnectedComponents
+
+    return LargestConnectedComponents(num_components=1, connection="weak")(data)
+
+
+# --------------------------------------------------------------------------------------------
 # Splits and the public entry point
 
 
@@ -478,20 +666,33 @@ def check_data_config(cfg: DataConfig) -> None:
                           f"{', '.join(sorted(DATASETS.values()))}")
     if cfg.name.lower() == "csbm":
         check_csbm(cfg)
+    if cfg.name.lower() in NPZ and cfg.split != "random":
+        raise ConfigError(f"data.split: {NPZ[cfg.name.lower()].name} has no public split; "
+                          "use data.split: random")
 
 
 def load_dataset(cfg: DataConfig) -> Data:
-    """The dataset a config asks for, with its transforms applied. Row normalisation applies to
-    bag-of-words features (Planetoid, binary csbm); Gaussian csbm features are standardised by
-    construction and left as they are."""
+    """The dataset a config asks for, with its transforms applied: the largest connected
+    component when asked, row-normalised features (bag-of-words features: Planetoid, binary
+    csbm; Gaussian csbm features are standardised by construction and left as they are), and
+    the masks of split ``split_seed`` for ``split: random``."""
+    check_data_config(cfg)
     if cfg.name.lower() == "csbm":
         data = csbm(cfg)
-        if cfg.normalize_features and cfg.features == "binary":
-            data = NormalizeFeatures()(data)
-        return data
-    data = load_planetoid(cfg.name, cfg.root, download=cfg.download, trust_data=cfg.trust_data)
-    if cfg.normalize_features:
+        normalize = cfg.normalize_features and cfg.features == "binary"
+    elif cfg.name.lower() in NPZ:
+        data = load_npz_graph(cfg.name, cfg.root, download=cfg.download)
+        normalize = cfg.normalize_features
+    else:
+        data = load_planetoid(cfg.name, cfg.root, download=cfg.download,
+                              trust_data=cfg.trust_data)
+        normalize = cfg.normalize_features
+    if cfg.largest_component:
+        data = largest_component(data)
+    if normalize:
         data = NormalizeFeatures()(data)
+    if cfg.split == "random":
+        data = data_for_split(data, cfg, cfg.split_seed)
     return data
 
 

@@ -170,6 +170,14 @@ def gcn_operator(edge_index: Tensor, num_nodes: int) -> Tensor:
     return with_transpose(to_torch_csr_tensor(ei.flip(0), w, size=(num_nodes, num_nodes)))
 
 
+def adjacency_operator(edge_index: Tensor, num_nodes: int) -> Tensor:
+    """The unweighted adjacency [target, source] as a CSR matrix (multi-edges summed), the
+    transposed operator PyG's sparse message passing reads; label propagation normalises it."""
+    ones = torch.ones(edge_index.size(1), device=edge_index.device)  # without values PyG
+    # keeps one copy of a repeated edge; with them the copies are summed, as scatter does
+    return to_torch_csr_tensor(edge_index.flip(0), ones, size=(num_nodes, num_nodes))
+
+
 def mean_operator(edge_index: Tensor, num_nodes: int) -> Tensor:
     """Row-normalised adjacency [target, source]: A @ x is the mean over in-neighbours,
     multi-edges counted as often as they occur (as PyG's scatter mean does)."""

@@ -20,9 +20,9 @@ import copy
 import math
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 import torch
@@ -31,7 +31,14 @@ from torch_geometric.data import Data
 
 from gnn.batching import node_features
 from gnn.config import Config
-from gnn.data import load_dataset, num_classes, training_view
+from gnn.data import (
+    SplitMasks,
+    load_dataset,
+    num_classes,
+    split_masks,
+    training_view,
+    with_split,
+)
 from gnn.errors import ConfigError, TrainingError
 from gnn.kernels import (
     GraphCache,
@@ -369,6 +376,18 @@ class MemberMasks:
     test: Tensor
 
     @classmethod
+    def of_splits(cls, masks: SplitMasks, splits: Sequence[int]) -> MemberMasks:
+        """Member ``m`` on split ``splits[m]`` (rows of :func:`gnn.data.split_masks`)."""
+        rows = torch.tensor([masks.index(s) for s in splits], dtype=torch.long)
+        return cls(masks.train[rows], masks.val[rows], masks.test[rows])
+
+    def member_data(self, data: Data, m: int) -> Data:
+        """``data`` with member ``m``'s masks (a shallow copy sharing features and edges)."""
+        out = copy.copy(data)
+        out.train_mask, out.val_mask, out.test_mask = self.train[m], self.val[m], self.test[m]
+        return out
+
+    @classmethod
     def shared(cls, data: Data, members: int) -> MemberMasks:
         """The graph's own split for every member (an inductive training view has no test
         mask: an empty one stands in)."""
@@ -410,15 +429,34 @@ def member_accuracy(pred: Tensor, y: Tensor, mask: Tensor) -> Tensor:
 
 
 def fit_members(cfg: Config, seeds: Sequence[int], data: Data | None = None,
-                masks: MemberMasks | None = None) -> list[FitResult]:
+                masks: MemberMasks | None = None,
+                splits: Sequence[int] | None = None) -> list[FitResult]:
     """Train one member per seed of ``cfg`` in one batched run; one :class:`FitResult` per
     member, as :func:`gnn.training.fit` would give it (times are the run's share per member;
-    ``members`` and ``run_time_s`` say how it ran)."""
+    ``members`` and ``run_time_s`` say how it ran).
+
+    ``splits`` gives member ``m`` the split id ``splits[m]`` and, unless ``masks`` are given,
+    that split's masks (:func:`gnn.data.split_masks`); without it every member trains on the
+    masks ``data`` carries, as split ``data.split_seed``. An inductive run trains on one
+    split's training graph, so its members share one split."""
     if not can_batch(cfg):
         raise ConfigError(f"model.name: {cfg.model.name} members cannot train batched")
     device = resolve_device(cfg.train.device)
     data = load_dataset(cfg.data) if data is None else data
-    seen = training_view(data) if cfg.data.split_mode == "inductive" else data
+    ids = [cfg.data.split_seed] * len(seeds) if splits is None else [int(s) for s in splits]
+    if len(ids) != len(seeds):
+        raise ValueError(f"{len(seeds)} seeds but {len(ids)} split ids")
+    inductive = cfg.data.split_mode == "inductive"
+    if splits is not None and masks is None:
+        if inductive and len(set(ids)) > 1:
+            raise ConfigError("data.split_mode: inductive members of one run share one split "
+                              f"(one training graph), got splits {sorted(set(ids))}")
+        split_rows = split_masks(data, cfg.data, sorted(set(ids)))
+        if inductive:
+            data = with_split(data, split_rows, ids[0])
+        else:
+            masks = MemberMasks.of_splits(split_rows, ids)
+    seen = training_view(data) if inductive else data
     masks = masks or MemberMasks.shared(seen, len(seeds))
     model = _initial_members(cfg, data, seeds).to(device)
     # capturable: the CUDA path replays Adam's step inside a graph (its step count on device)
@@ -431,8 +469,8 @@ def fit_members(cfg: Config, seeds: Sequence[int], data: Data | None = None,
     run_time = run_timer.stop()
     final = MemberMasks.shared(data, len(seeds)) if seen is not data else masks
     metrics = _split_metrics(logits, data.y, final)
-    return [_member_result(cfg, data, seen, model, sel, m, seed, metrics[m],
-                           str(logits.device), run_time, loop)
+    return [_member_result(cfg, data, seen, model, sel, m, (ids[m], seed), metrics[m],
+                           final, str(logits.device), run_time, loop)
             for m, seed in enumerate(seeds)]
 
 
@@ -687,12 +725,14 @@ def _final_member_logits(cfg: Config, model: StackedModel, sel: MemberSelection,
 
 
 def _member_result(cfg: Config, data: Data, seen: Data, model: StackedModel,
-                   sel: MemberSelection, m: int, seed: int, metrics: dict[str, float],
-                   device: str, run_time: float, loop: Timer) -> FitResult:
+                   sel: MemberSelection, m: int, split_seed: tuple[int, int],
+                   metrics: dict[str, float], masks: MemberMasks, device: str, run_time: float,
+                   loop: Timer) -> FitResult:
+    split_id, seed = split_seed
     members = model.members
     trained = model.release(m)
     config = copy.deepcopy(cfg.to_dict())
-    config["train"]["seed"] = seed
+    config["train"]["seed"], config["data"]["split_seed"] = seed, split_id
     return FitResult(
         model=cfg.model.name, dataset=str(getattr(data, "name", None)), seed=seed,
         device=device, sampled=False, split_mode=cfg.data.split_mode,
@@ -702,9 +742,26 @@ def _member_result(cfg: Config, data: Data, seen: Data, model: StackedModel,
         best_epoch=sel.best_epoch[m], **metrics, total_train_time_s=run_time / members,
         train_loop_time_s=loop.total / members,
         epoch_times_s=[lap / members for lap in loop.laps], history=sel.histories[m],
-        config=config, versions=versions(),
-        threads=torch.get_num_threads(), timestamp=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        members=members, run_time_s=run_time, trained=trained, data=data)
+        config=config, versions=versions(), threads=torch.get_num_threads(),
+        timestamp=time.strftime("%Y-%m-%dT%H:%M:%S%z"), members=members, run_time_s=run_time,
+        split=split_id, trained=trained, data=masks.member_data(data, m))
+
+
+T = TypeVar("T")
+
+
+def member_groups(cfg: Config, items: Sequence[T], size: int,
+                  split_of: Callable[[T], int]) -> list[list[T]]:
+    """``items`` (runs in split-major order) in batched runs of at most ``size`` members. A
+    transductive run may mix splits (each member has its own masks); an inductive run never
+    does: each split has its own training graph."""
+    if cfg.data.split_mode != "inductive":
+        return [list(items[i:i + size]) for i in range(0, len(items), size)]
+    by_split: dict[int, list[T]] = {}
+    for item in items:
+        by_split.setdefault(split_of(item), []).append(item)
+    return [group[i:i + size] for group in by_split.values()
+            for i in range(0, len(group), size)]
 
 
 def _split_metrics(logits: Tensor, y: Tensor, masks: MemberMasks) -> list[dict[str, float]]:
@@ -719,16 +776,24 @@ def _split_metrics(logits: Tensor, y: Tensor, masks: MemberMasks) -> list[dict[s
 
 
 def fit_many(cfg: Config, seeds: Sequence[int], data: Data | None = None,
-             members: int | None = None) -> list[FitResult]:
-    """One result per seed: batched in runs of ``members`` where the model batches, else one
-    :func:`gnn.training.fit` after another."""
+             members: int | None = None,
+             splits: Sequence[int] | None = None) -> list[FitResult]:
+    """One result per (split, seed) pair, split-major: batched in runs of ``members`` (default:
+    ``auto``, :func:`resolve_members`) where the model batches, else one
+    :func:`gnn.training.fit` after another. Without ``splits`` every run trains on the masks
+    ``data`` carries (split ``data.split_seed``); with it, on each split id's masks
+    (:func:`gnn.data.split_masks`: ``data.split: public`` has only split 0)."""
     data = load_dataset(cfg.data) if data is None else data
+    split_rows = None if splits is None else split_masks(data, cfg.data, splits)
+    ids = [cfg.data.split_seed] if split_rows is None else list(split_rows.ids)
+    pairs = [(split, seed) for split in ids for seed in seeds]
     if not can_batch(cfg) or members == 1:
-        return [fit(cfg.override({"train.seed": s}), data) for s in seeds]
-    size = members or len(seeds)
+        return [fit(cfg.override({"train.seed": seed, "data.split_seed": split}),
+                    data if split_rows is None else with_split(data, split_rows, split))
+                for split, seed in pairs]
+    size = members or resolve_members("auto", len(pairs), cfg, data)
     results: list[FitResult] = []
-    for start in range(0, len(seeds), size):
-        results += fit_members(cfg, seeds[start:start + size], data)
+    for group in member_groups(cfg, pairs, size, split_of=lambda pair: pair[0]):
+        results += fit_members(cfg, [seed for _, seed in group], data,
+                               splits=None if splits is None else [s for s, _ in group])
     return results
-
-

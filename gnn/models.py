@@ -18,7 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.nn import APPNP as APPNPPropagation
-from torch_geometric.nn import GATConv, GCNConv, Linear, SAGEConv
+from torch_geometric.nn import CorrectAndSmooth as PyGCorrectAndSmooth
+from torch_geometric.nn import GATConv, GCN2Conv, GCNConv, Linear, SAGEConv, SGConv
+from torch_geometric.nn import LabelPropagation as PyGLabelPropagation
 from torch_geometric.nn import models as pyg_models
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
 
@@ -28,6 +30,8 @@ from gnn.kernels import (
     FastDropout,
     GraphCache,
     SparseAwareLinear,
+    _tensor_key,
+    adjacency_operator,
     feature_dropout,
     gcn_operator,
     linear,
@@ -236,12 +240,189 @@ class APPNP(MLP):
         return self.prop(h, ei, w)
 
 
+def label_matrix(labels: Tensor) -> tuple[Tensor, Tensor]:
+    """The labelled nodes (mask) and their one-hot rows, from the ``[N, C]`` one-hot training
+    labels (zero rows for every other node) that label-using models receive."""
+    mask = labels.sum(-1) > 0
+    return mask, labels[mask]
+
+
+def probabilities_to_logits(p: Tensor) -> Tensor:
+    """Logits whose softmax is ``p`` normalised per row (argmax unchanged); a row with no mass
+    (a node no label reaches) becomes uniform."""
+    p = p.clamp(min=0.0)
+    total = p.sum(-1, keepdim=True)
+    q = torch.where(total > 0, p / total.clamp(min=1e-30), 1.0 / p.size(-1))
+    return q.clamp(min=1e-12).log()
+
+
+class LabelPropagation(nn.Module):
+    """Zhou et al.'s label propagation (PyG's ``LabelPropagation``): the one-hot training labels
+    spread ``K`` steps over the symmetric-normalised graph, each step returning a fraction
+    ``alpha`` to them. It has no parameters and does not train: its fit is this propagation
+    (:func:`gnn.training.fit` times it as the training loop). Features are ignored."""
+
+    uses_graph: ClassVar[bool] = True
+    uses_labels: ClassVar[bool] = True
+    trains: ClassVar[bool] = False
+
+    def __init__(self, K: int = 50, alpha: float = 0.1, fast: bool = True) -> None:
+        super().__init__()
+        self.prop = PyGLabelPropagation(K, 1.0 - alpha)  # PyG's alpha keeps the propagated part
+        self.fast = fast
+        self.graph_cache = GraphCache()
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, in_channels: int, out_channels: int) -> nn.Module:
+        return cls(K=cfg.K, alpha=cfg.alpha, fast=cfg.fast)
+
+    def reset_parameters(self) -> None:
+        self.graph_cache.clear()
+
+    def forward(self, x: Tensor, edge_index: Tensor, labels: Tensor) -> Tensor:
+        adj = self.graph_cache.get(edge_index, adjacency_operator, x.size(0)) if self.fast \
+            else edge_index
+        return probabilities_to_logits(self.prop(labels, adj))
+
+
+class CorrectAndSmooth(MLP):
+    """Huang et al.'s Correct and Smooth on an MLP: the MLP trains on features alone; its
+    predictions (in eval mode) are corrected by the propagated training residuals and then
+    smoothed by propagating them with the training labels clamped (PyG's
+    ``CorrectAndSmooth``, ``K`` steps each, fixed scale 1). Model selection therefore sees the
+    whole pipeline's validation accuracy."""
+
+    uses_labels: ClassVar[bool] = True
+
+    def __init__(self, *args: Any, K: int = 50, correction_alpha: float = 1.0,
+                 smoothing_alpha: float = 0.8, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.post = PyGCorrectAndSmooth(K, correction_alpha, K, smoothing_alpha,
+                                        autoscale=False, scale=1.0)
+
+    @classmethod
+    def extra_kwargs(cls, cfg: ModelConfig) -> dict[str, Any]:
+        return {**super().extra_kwargs(cfg), "K": cfg.K,
+                "correction_alpha": cfg.correction_alpha,
+                "smoothing_alpha": cfg.smoothing_alpha}
+
+    def forward(self, x: Tensor, edge_index: Tensor, labels: Tensor) -> Tensor:  # type: ignore[override]
+        logits = super().forward(x)
+        if self.training:
+            return logits
+        adj = self.graph_cache.get(edge_index, adjacency_operator, x.size(0)) if self.fast \
+            else edge_index
+        mask, y_train = label_matrix(labels)
+        y_soft = self.post.correct(logits.float().softmax(-1), y_train, mask, adj)
+        return probabilities_to_logits(self.post.smooth(y_soft, y_train, mask, adj))
+
+
+class SGC(nn.Module):
+    """Wu et al.'s SGC (PyG's ``SGConv``): ``K`` propagation steps over the GCN-normalised
+    graph, then one linear layer. With ``fast`` the propagated features are computed once per
+    graph and features (training reads the same ones every epoch): a linear model."""
+
+    uses_graph: ClassVar[bool] = True
+
+    def __init__(self, in_channels: int, out_channels: int, K: int = 2,
+                 fast: bool = True) -> None:
+        super().__init__()
+        self.conv = SGConv(in_channels, out_channels, K=K, cached=False)
+        self.fast = fast
+        self.graph_cache, self.feature_cache = GraphCache(), GraphCache()
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, in_channels: int, out_channels: int) -> nn.Module:
+        return cls(in_channels, out_channels, K=cfg.K, fast=cfg.fast)
+
+    def reset_parameters(self) -> None:
+        self.conv.reset_parameters()
+        self.graph_cache.clear()
+        self.feature_cache.clear()
+
+    def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
+        if not self.fast:
+            return self.conv(x.to_dense() if x.layout == torch.sparse_csr else x, edge_index)
+        adj = self.graph_cache.get(edge_index, gcn_operator, x.size(0))
+        h = self.feature_cache.get(x, lambda x, *graph: self._propagated(x, adj),
+                                   *_tensor_key(edge_index))
+        return self.conv.lin(h)
+
+    def _propagated(self, x: Tensor, adj: Tensor) -> Tensor:
+        with torch.no_grad():
+            h = x.to_dense() if x.layout == torch.sparse_csr else x
+            for _ in range(self.conv.K):
+                h = propagate(adj, h)
+        return h
+
+
+class CSRGCN2Conv(GCN2Conv):
+    """GCN2Conv (shared weights) that, given the normalised CSR operator, propagates with
+    :func:`propagate` (cached transpose for the backward)."""
+
+    def forward(self, x: Tensor, x_0: Tensor, edge_index: Any,  # type: ignore[override]
+                edge_weight: Tensor | None = None) -> Tensor:
+        if not (isinstance(edge_index, Tensor) and edge_index.layout == torch.sparse_csr) \
+                or self.weight2 is not None:
+            return super().forward(x, x_0, edge_index, edge_weight)
+        out = (1 - self.alpha) * propagate(edge_index, x) + self.alpha * x_0
+        return torch.addmm(out, out, self.weight1, beta=1.0 - self.beta, alpha=self.beta)
+
+
+class GCNII(nn.Module):
+    """Chen et al.'s GCNII: a linear layer in, ``num_layers`` ``GCN2Conv`` layers (initial
+    residual ``alpha``, identity mapping ``theta / layer``), a linear layer out; dropout before
+    every layer. :meth:`param_groups` applies ``weight_decay`` to the linear layers and
+    ``conv_weight_decay`` to the convolutions, as the paper's recipe does."""
+
+    uses_graph: ClassVar[bool] = True
+
+    def __init__(self, in_channels: int, hidden_channels: int, out_channels: int,
+                 num_layers: int = 64, alpha: float = 0.1, theta: float = 0.5,
+                 dropout: float = 0.6, fast: bool = True) -> None:
+        super().__init__()
+        self.lins = nn.ModuleList([Linear(in_channels, hidden_channels),
+                                   Linear(hidden_channels, out_channels)])
+        self.convs = nn.ModuleList([
+            CSRGCN2Conv(hidden_channels, alpha, theta, layer + 1, shared_weights=True,
+                        normalize=not fast) for layer in range(num_layers)])
+        self.dropout, self.fast = nn.Dropout(dropout), fast
+        self.graph_cache = GraphCache()
+        _sparse_aware(self)  # FastDropout: drawing dropout masks was a third of an epoch
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, in_channels: int, out_channels: int) -> nn.Module:
+        return cls(in_channels, cfg.hidden_channels, out_channels, num_layers=cfg.num_layers,
+                   alpha=cfg.alpha, theta=cfg.theta, dropout=cfg.dropout, fast=cfg.fast)
+
+    def reset_parameters(self) -> None:
+        for module in (*self.lins, *self.convs):
+            module.reset_parameters()
+        self.graph_cache.clear()
+
+    def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
+        adj = self.graph_cache.get(edge_index, gcn_operator, x.size(0)) if self.fast \
+            else edge_index
+        h = x_0 = torch.relu(self.lins[0](feature_dropout(x, self.dropout.p, self.training)))
+        for conv in self.convs:
+            h = torch.relu(conv(self.dropout(h), x_0, adj))
+        return self.lins[1](self.dropout(h))
+
+    def param_groups(self, weight_decay: float, conv_weight_decay: float) -> list[dict[str, Any]]:
+        return [{"params": list(self.lins.parameters()), "weight_decay": weight_decay},
+                {"params": list(self.convs.parameters()), "weight_decay": conv_weight_decay}]
+
+
 MODELS: dict[str, type[nn.Module]] = {
     "mlp": MLP,
     "gcn": GCN,
     "sage": GraphSAGE,
     "gat": GAT,
     "appnp": APPNP,
+    "sgc": SGC,
+    "lp": LabelPropagation,
+    "cs": CorrectAndSmooth,
+    "gcnii": GCNII,
 }
 
 
@@ -266,5 +447,5 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["APPNP", "GAT", "GCN", "MLP", "MODELS", "GraphSAGE", "build_model", "check_model_config",
-           "count_parameters"]
+__all__ = ["APPNP", "GAT", "GCN", "GCNII", "MLP", "MODELS", "SGC", "CorrectAndSmooth", "GraphSAGE",
+           "LabelPropagation", "build_model", "check_model_config", "count_parameters"]

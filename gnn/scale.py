@@ -121,7 +121,9 @@ def measure(cfg: Config, data: Data) -> dict[str, float]:
     laps = result.epoch_times_s
     return {
         "epoch_s": statistics.median(laps[1:] if len(laps) > 2 else laps),
-        "step_peak_gib": max(meter.peaks) / GIB, "run_peak_gib": run.peak / GIB,
+        # a model that does not train (label propagation) has no training step to measure
+        "step_peak_gib": max(meter.peaks) / GIB if meter.peaks else math.nan,
+        "run_peak_gib": run.peak / GIB,
         "test_acc": result.test_acc, "val_acc": result.val_acc,
         "fit_s": time.perf_counter() - started,
     }

@@ -110,6 +110,7 @@ class FitResult:
     world_size: int = 1
     members: int = 1  # members trained together in one batched run (gnn.members)
     run_time_s: float = 0.0  # wall time of the whole run (all its members)
+    split: int = 0  # split id: data.split_seed of a random split, 0 for the public split
     trained: nn.Module | None = _in_memory()
     data: Data | None = _in_memory()
 
@@ -126,7 +127,9 @@ class FitResult:
                 f"test_macro_f1={self.test_macro_f1:.4f} "
                 f"total_train_time_s={self.total_train_time_s:.3f} "
                 f"train_loop_time_s={self.train_loop_time_s:.3f}"
-                + (f" world_size={self.world_size}" if self.world_size > 1 else ""))
+                + (f" world_size={self.world_size}" if self.world_size > 1 else "")
+                + (f" split_seed={self.split}" if self.config.get("data", {}).get("split")
+                   == "random" else ""))
 
 
 @dataclass
@@ -137,7 +140,7 @@ class Setup:
     data: Data  # the whole graph
     seen: Data  # what training sees (the inductive view, or the whole graph)
     model: nn.Module
-    optimizer: torch.optim.Optimizer
+    optimizer: torch.optim.Optimizer | None  # None: a model that does not train (propagation)
     feed: Batching
     forward_model: nn.Module  # the model as training calls it (DDP, compiled)
 
@@ -164,13 +167,48 @@ def prepare(cfg: Config, data: Data | None, batching: BatchingFactory,
     seen = training_view(data) if cfg.data.split_mode == "inductive" else data
     set_seed(cfg.train.seed)
     model = build_model(cfg.model, data.num_features, num_classes(data)).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr,
-                                 weight_decay=cfg.train.weight_decay)
+    optimizer = make_optimizer(cfg, model)
     feed = batching(cfg, seen, device, meter=meter)
     forward_model = feed.wrap(model)
     if cfg.train.compile:
         forward_model = torch.compile(forward_model)
     return Setup(device, data, seen, model, optimizer, feed, forward_model)
+
+
+def make_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer | None:
+    """Adam with weight decay over the model's parameters (a model with ``param_groups``, GCNII,
+    gets its two weight-decay groups); ``None`` for a model that does not train."""
+    if not getattr(model, "trains", True):
+        return None
+    decay = cfg.train.weight_decay
+    conv_decay = decay if cfg.train.conv_weight_decay is None else cfg.train.conv_weight_decay
+    params = model.param_groups(decay, conv_decay) if hasattr(model, "param_groups") \
+        else model.parameters()
+    return torch.optim.Adam(params, lr=cfg.train.lr, weight_decay=decay)
+
+
+def _accuracy(pred: Tensor, y: Tensor, mask: Tensor) -> float:
+    return float((pred[mask] == y[mask]).float().mean())
+
+
+def propagation_only(run: Setup) -> Selection:
+    """The fit of a model that does not train (label propagation): one prediction, timed as
+    the training loop is, logged as epoch 0 with its training loss and accuracies."""
+    sel = Selection(loop_timer=Timer(run.device))
+    total_timer = Timer(run.device).start()
+    with sel.loop_timer:
+        logits = run.feed.predict(run.forward_model)
+    synchronize(run.device)
+    sel.total_time = total_timer.stop()
+    y = run.seen.y.to(run.device)
+    train_mask, val_mask = run.seen.train_mask.to(run.device), run.seen.val_mask.to(run.device)
+    pred = logits.argmax(dim=-1)
+    loss = float(torch.nn.functional.cross_entropy(logits[train_mask], y[train_mask]))
+    sel.best_val = _accuracy(pred, y, val_mask)
+    _log(sel.history, 0, loss, _accuracy(pred, y, train_mask), sel.best_val)
+    sel.best_state = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+    sel.best_logits = logits
+    return sel
 
 
 def train_loop(cfg: Config, run: Setup,
@@ -190,9 +228,8 @@ def train_loop(cfg: Config, run: Setup,
             continue
         logits = run.feed.predict(run.forward_model)
         pred = logits.argmax(dim=-1)
-        val_acc = float((pred[val_mask] == y[val_mask]).float().mean())
-        _log(sel.history, epoch, loss, float((pred[train_mask] == y[train_mask]).float().mean()),
-             val_acc)
+        val_acc = _accuracy(pred, y, val_mask)
+        _log(sel.history, epoch, loss, _accuracy(pred, y, train_mask), val_acc)
         if val_acc > sel.best_val:
             sel.best_val, sel.best_epoch = val_acc, epoch
             sel.best_state = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
@@ -249,12 +286,13 @@ def make_result(cfg: Config, run: Setup, sel: Selection, logits: Tensor) -> FitR
         device=str(device), sampled=cfg.sampler.enabled, split_mode=cfg.data.split_mode,
         num_nodes=int(data.num_nodes), num_edges=int(data.num_edges),
         train_graph_nodes=int(run.seen.num_nodes), train_graph_edges=int(run.seen.num_edges),
-        num_params=count_parameters(run.model), epochs=cfg.train.epochs,
+        num_params=count_parameters(run.model),
+        epochs=cfg.train.epochs if run.optimizer is not None else 0,
         best_epoch=sel.best_epoch, **metrics, total_train_time_s=sel.total_time,
         train_loop_time_s=sel.loop_timer.total, epoch_times_s=sel.loop_timer.laps,
         history=sel.history, config=cfg.to_dict(), versions=versions(),
         threads=torch.get_num_threads(), timestamp=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        run_time_s=sel.total_time, trained=run.model, data=data)
+        run_time_s=sel.total_time, split=cfg.data.split_seed, trained=run.model, data=data)
 
 
 def fit(cfg: Config, data: Data | None = None, *, batching: BatchingFactory = make_batching,
@@ -269,6 +307,7 @@ def fit(cfg: Config, data: Data | None = None, *, batching: BatchingFactory = ma
     :func:`gnn.data.training_view` (no test node, no edge touching one).
     """
     run = prepare(cfg, data, batching, meter)
-    selection = train_loop(cfg, run, on_epoch)
+    selection = train_loop(cfg, run, on_epoch) if run.optimizer is not None \
+        else propagation_only(run)
     logits = final_logits(cfg, run, selection, batching)
     return make_result(cfg, run, selection, logits)

@@ -40,7 +40,7 @@ from torch_geometric.data import Data
 
 from gnn.config import Config, did_you_mean, load_yaml, show
 from gnn.errors import ConfigError, TrainingError
-from gnn.members import can_batch, fit_many, resolve_members
+from gnn.members import fit_many
 from gnn.training import FitResult, check_config
 
 #: Keys a search space may not hold: tuning sets the seeds, and the data and device are the
@@ -223,10 +223,10 @@ def without_test_mask(data: Data) -> Data:
 
 
 def fit_trial(cfg: Config, data: Data, splits: int, seeds: int) -> list[FitResult]:
-    """Every (split, seed) fit of one trial: seeds ``0..seeds-1`` on each of ``splits`` splits,
-    as members of batched runs where the model batches. The one place a trial trains."""
-    members = resolve_members("auto", splits * seeds, cfg, data) if can_batch(cfg) else 1
-    return fit_many(cfg, list(range(seeds)), data, members=members)
+    """Every (split, seed) fit of one trial: seeds ``0..seeds-1`` on each of splits
+    ``0..splits-1``, as members of batched runs where the model batches. The one place a
+    trial trains."""
+    return fit_many(cfg, list(range(seeds)), data, splits=list(range(splits)))
 
 
 @dataclass(frozen=True)
@@ -247,16 +247,16 @@ class TuneJob:
                 "splits": self.splits, "seeds": self.seeds, "sampler_seed": self.sampler_seed}
 
 
-def check_job_numbers(trials: int, splits: int, seeds: int, split: str = "public") -> None:
+def check_job_numbers(name: str, base: Config, trials: int, splits: int, seeds: int) -> None:
     if not 1 <= trials <= MAX_TRIALS:
         raise ConfigError(f"--trials: must be 1..{MAX_TRIALS}, got {trials}")
     if not 1 <= seeds <= 10_000:
         raise ConfigError(f"--seeds: must be 1..10000, got {seeds}")
     if not 1 <= splits <= 10_000:
         raise ConfigError(f"--splits: must be 1..10000, got {splits}")
-    if split == "public" and splits != 1:
-        raise ConfigError(f"--splits: the public split is one split, got {splits}; set "
-                          "data.split: random for several")
+    if base.data.split == "public" and splits != 1:
+        raise ConfigError(f"--splits: {name} uses data.split: public, which has one split; "
+                          f"pass --split random for {splits} random splits")
 
 
 def search_dir(configs_dir: Path) -> Path:
@@ -284,7 +284,7 @@ def plan_jobs(names: Sequence[str], configs_dir: Path, spaces_dir: Path,
         if not space_path.is_file():
             raise ConfigError(f"--models: no search space for {name!r} ({space_path})")
         base = check_config(load_config(configs_dir / f"{name}.yaml").override(overrides))
-        check_job_numbers(trials, splits, seeds, getattr(base.data, "split", "public"))
+        check_job_numbers(name, base, trials, splits, seeds)
         jobs.append(TuneJob(name, base, load_search_space(space_path, base), trials, splits,
                             seeds, sampler_seed))
     return jobs

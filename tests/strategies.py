@@ -36,3 +36,19 @@ def sampling_cases(draw: st.DrawFn, fanouts: st.SearchStrategy[list[int]],
         edge_index = torch.cat([edge_index, torch.stack([src, torch.full_like(src, hub)])], 1)
     seeds = draw(st.lists(st.integers(0, num_nodes - 1), unique=True, max_size=num_nodes))
     return num_nodes, edge_index, torch.tensor(seeds, dtype=torch.long), draw(fanouts)
+
+
+@st.composite
+def split_requests(draw: st.DrawFn, max_classes: int = 6,
+                   max_per_class: int = 30) -> tuple[torch.Tensor, int, int]:
+    """``(labels, train_per_class, val_per_class)``: shuffled labels of classes of unequal
+    sizes, every class large enough for the request and at least one node left to test."""
+    train = draw(st.integers(1, 5))
+    val = draw(st.integers(1, 5))
+    sizes = draw(st.lists(st.integers(train + val, max(train + val, max_per_class)),
+                          min_size=1, max_size=max_classes))
+    if sum(sizes) == len(sizes) * (train + val):
+        sizes[0] += 1  # somebody to test
+    labels = torch.cat([torch.full((n,), c, dtype=torch.long) for c, n in enumerate(sizes)])
+    order = draw(st.permutations(range(labels.numel())))
+    return labels[torch.tensor(order, dtype=torch.long)], train, val

@@ -70,7 +70,15 @@ def test_quick_writes_every_file(quick: tuple[Path, str, str]) -> None:
         assert (out / name).stat().st_size > 0, name
     rows = jsonl_rows(out / "runs.jsonl")
     assert len(rows) == runs and len(set(keys(rows))) == runs
-    assert all(len(r["history"]["val_acc"]) == bench.QUICK_EPOCHS for r in rows)
+    # every evaluated epoch is logged, the last one included; a propagation-only model (no
+    # training loop) logs its one evaluation as epoch 0
+    for r in rows:
+        history = r["history"]
+        assert len(history["val_acc"]) == len(history["epoch"])
+        assert history["epoch"][-1] == (bench.QUICK_EPOCHS if r["epochs"] else 0)
+        every = r["config"]["train"]["eval_every"]
+        assert len(history["epoch"]) == (-(-bench.QUICK_EPOCHS // every) if r["epochs"] else 1)
+    assert {r["name"] for r in rows if not r["epochs"]} == {"lp"}
     # the progress bar went over the runs, the final table names every model
     assert f"{runs}/{runs}" in stderr
     table = stdout.splitlines()
@@ -224,7 +232,7 @@ def test_resume_after_interruption_has_no_duplicates(
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--models", "gnc"], "did you mean 'gcn'"),
+    (["--models", "gcnn"], "did you mean 'gcn'"),
     (["--models", "sage_sampling_nope"], "no config"),
     (["--seeds", "0"], "--seeds"),
     (["--epochs", "0"], "train.epochs"),

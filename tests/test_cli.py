@@ -153,7 +153,7 @@ def run_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
     (["train", "--seed", "abc"], "argument --seed: invalid int value: 'abc'"),
     (["train", "--seed", "99999999999999999999"], "train.seed: must be <= 4294967295"),
     (["train", "--epochs", "0"], "train.epochs: must be >= 1, got 0"),
-    (["train", "--model", "gnc"], "unknown model 'gnc' (did you mean 'gcn'?)"),
+    (["train", "--model", "gcnn"], "unknown model 'gcnn' (did you mean 'gcn'?)"),
     (["train", "--dataset", "core"], "unknown dataset 'core' (did you mean 'cora'?)"),
     (["train", "--device", "tpu"], "train.device: must be one of cpu, cuda, got 'tpu'"),
     (["train", "--config", "no/such/file.yaml"], "config file not found: no/such/file.yaml"),

@@ -13,6 +13,23 @@ from tests.strategies import features, graphs
 
 NUM_FEATURES, NUM_CLASSES = 5, 3
 GRAPH_MODELS = [name for name, cls in MODELS.items() if cls.uses_graph]
+#: Models with parameters to train (label propagation has none).
+TRAINED = sorted(name for name, cls in MODELS.items() if getattr(cls, "trains", True))
+
+
+def training_labels(num_nodes: int) -> torch.Tensor:
+    """One-hot labels on every other node (the training nodes), zero rows elsewhere: the third
+    input of the models that read labels."""
+    y = torch.nn.functional.one_hot(torch.arange(num_nodes) % NUM_CLASSES, NUM_CLASSES).float()
+    return y * (torch.arange(num_nodes) % 2 == 0).unsqueeze(1)
+
+
+def run(model: torch.nn.Module, x: torch.Tensor, edge_index: torch.Tensor,
+        labels: torch.Tensor | None = None) -> torch.Tensor:
+    """``model(x, edge_index)``, with training labels for a model that reads them."""
+    if not getattr(model, "uses_labels", False):
+        return model(x, edge_index)
+    return model(x, edge_index, training_labels(x.size(0)) if labels is None else labels)
 
 
 def make(name: str, fast: bool = True, seed: int = 0, dropout: float = 0.5) -> torch.nn.Module:
@@ -27,7 +44,7 @@ def make(name: str, fast: bool = True, seed: int = 0, dropout: float = 0.5) -> t
 @given(graph=graphs(), seed=st.integers(0, 2**16))
 def test_output_shape_and_finite(name: str, graph: tuple[int, torch.Tensor], seed: int) -> None:
     num_nodes, edge_index = graph
-    out = make(name)(features(num_nodes, NUM_FEATURES, seed), edge_index)
+    out = run(make(name), features(num_nodes, NUM_FEATURES, seed), edge_index)
     assert out.shape == (num_nodes, NUM_CLASSES)
     assert torch.isfinite(out).all()
 
@@ -41,13 +58,14 @@ def test_permutation_equivariance(name: str, graph: tuple[int, torch.Tensor], se
     perm = torch.tensor(data.draw(st.permutations(range(num_nodes))), dtype=torch.long)
     x = features(num_nodes, NUM_FEATURES, seed)
     model = make(name)
-    out = model(x, edge_index)
+    labels = training_labels(num_nodes)
+    out = run(model, x, edge_index, labels)
     # Node i of the permuted graph is node perm[i] of the original one.
     inverse = torch.empty_like(perm)
     inverse[perm] = torch.arange(num_nodes)
     edge_order = torch.randperm(edge_index.size(1), generator=torch.Generator().manual_seed(seed))
     permuted_edges = inverse[edge_index][:, edge_order]
-    out_perm = model(x[perm], permuted_edges)
+    out_perm = run(model, x[perm], permuted_edges, labels[perm])
     torch.testing.assert_close(out_perm, out[perm], atol=1e-5, rtol=1e-4)
 
 
@@ -60,7 +78,8 @@ def test_fast_path_matches_plain_pyg(name: str, graph: tuple[int, torch.Tensor],
     x = features(num_nodes, NUM_FEATURES, seed)
     fast, plain = make(name, fast=True), make(name, fast=False)
     plain.load_state_dict(fast.state_dict())
-    torch.testing.assert_close(fast(x, edge_index), plain(x, edge_index), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(run(fast, x, edge_index), run(plain, x, edge_index), atol=1e-5,
+                               rtol=1e-4)
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -68,8 +87,8 @@ def test_sparse_features_match_dense(name: str) -> None:
     x = torch.rand(40, NUM_FEATURES) * (torch.rand(40, NUM_FEATURES) < 0.2)
     edge_index = torch.randint(0, 40, (2, 120))
     model = make(name)
-    torch.testing.assert_close(model(x.to_sparse_csr(), edge_index), model(x, edge_index),
-                               atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(run(model, x.to_sparse_csr(), edge_index),
+                               run(model, x, edge_index), atol=1e-5, rtol=1e-4)
 
 
 def test_graph_cache_rebuilds_for_a_new_graph() -> None:
@@ -94,12 +113,12 @@ def test_graph_cache_under_inference_mode(name: str) -> None:
         for seed in range(5):
             g = torch.Generator().manual_seed(seed)
             edge_index = torch.randint(0, 6, (2, 9), generator=g)
-            torch.testing.assert_close(model(x, edge_index),
-                                       make(name, fast=False)(x, edge_index))
+            torch.testing.assert_close(run(model, x, edge_index),
+                                       run(make(name, fast=False), x, edge_index))
             del edge_index  # its memory may be reused by the next one
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", TRAINED)
 def test_reset_parameters_changes_weights(name: str) -> None:
     model = make(name)
     before = [p.detach().clone() for p in model.parameters()]
@@ -108,7 +127,7 @@ def test_reset_parameters_changes_weights(name: str) -> None:
     assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", TRAINED)
 @settings(max_examples=15, deadline=None)
 @given(graph=graphs(min_nodes=2), seed=st.integers(0, 2**16))
 def test_fast_path_gradients_match_plain(name: str, graph: tuple[int, torch.Tensor],
@@ -124,13 +143,13 @@ def test_fast_path_gradients_match_plain(name: str, graph: tuple[int, torch.Tens
     grads = []
     for model, inputs in ((fast, x.to_sparse_csr()), (plain, x)):
         model.train()
-        model(inputs, edge_index).square().sum().backward()
+        run(model, inputs, edge_index).square().sum().backward()
         grads.append({k: p.grad for k, p in model.named_parameters()})
     for key, grad in grads[1].items():
         torch.testing.assert_close(grads[0][key], grad, atol=1e-4, rtol=1e-4, msg=key)
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", TRAINED)
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
 def test_cuda_matches_cpu(name: str) -> None:
     """Every model's fast path (CSR features, cached operators) runs on a GPU and gives the CPU's
@@ -146,7 +165,7 @@ def test_cuda_matches_cpu(name: str) -> None:
         results = []
         for model, dev in ((cpu, "cpu"), (gpu, "cuda")):
             model.zero_grad(set_to_none=True)
-            out = model.train()(inputs.to(dev), edge_index.to(dev))
+            out = run(model.train(), inputs.to(dev), edge_index.to(dev))
             out.square().sum().backward()
             results.append((out.detach().cpu(),
                             {k: p.grad.cpu() for k, p in model.named_parameters()}))

@@ -64,9 +64,12 @@ def test_non_finite_loss_names_the_epoch(cora: Data) -> None:
         fit(Config().override({"train.epochs": 3, "data.sparse_features": "never"}), data)
 
 
-GATES = {"mlp": 0.55, "gcn": 0.80, "sage": 0.78, "gat": 0.81, "appnp": 0.82}
-#: Gated in tests/test_sampling.py with its own recipe (sampled mini-batches).
-GATED_ELSEWHERE = {"sage_sampling"}
+GATES = {"mlp": 0.55, "gcn": 0.80, "sage": 0.78, "gat": 0.81, "appnp": 0.82, "sgc": 0.79,
+         "lp": 0.70, "cs": 0.80}
+#: Gated elsewhere with their own recipes: sampled mini-batches (tests/test_sampling.py), and
+#: GCNII shortened to fit the suite (tests/test_baselines.py; its 10-seed public-split figure
+#: is in docs/results.md).
+GATED_ELSEWHERE = {"sage_sampling", "gcnii"}
 
 
 def test_every_shipped_model_is_gated() -> None:
