@@ -484,6 +484,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_tune(args: argparse.Namespace) -> int:
     """``gnn tune``: one study per model, resumed when the storage has it; each model's
     outputs are written as soon as its study has its budget."""
+    import dataclasses
     from pathlib import Path
 
     from gnn.config import shipped_configs_dir
@@ -502,12 +503,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
     for job in jobs:
         resolve_device(job.base.train.device)
     out = Path(args.out)
-    url = args.storage or tune.default_storage(out)
-    settings = tune.StorageSettings(url, args.heartbeat, args.grace, args.retries)
+    settings = tune.StorageSettings(args.storage or "", args.heartbeat, args.grace, args.retries)
     settings.check()
-    storage = tune.open_storage(settings) if args.storage else None
+    storage = tune.open_storage(settings) if args.storage else None  # before --out is made
     ensure_writable_dir(out, "--out")
-    storage = storage or tune.open_storage(settings)
+    if storage is None:
+        settings = dataclasses.replace(settings, url=tune.default_storage(out))
+        storage = tune.open_storage(settings)
     finished: list[Any] = []
     for job in jobs:
         finished.append(_tune_one(tune, job, storage, settings))

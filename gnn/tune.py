@@ -247,7 +247,10 @@ class TuneJob:
                 "splits": self.splits, "seeds": self.seeds, "sampler_seed": self.sampler_seed}
 
 
-def check_job_numbers(name: str, base: Config, trials: int, splits: int, seeds: int) -> None:
+def check_job_numbers(name: str, base: Config, trials: int, splits: int, seeds: int,
+                      sampler_seed: int) -> None:
+    if not 0 <= sampler_seed <= 2**32 - 1:
+        raise ConfigError(f"--seed: must be 0..4294967295, got {sampler_seed}")
     if not 1 <= trials <= MAX_TRIALS:
         raise ConfigError(f"--trials: must be 1..{MAX_TRIALS}, got {trials}")
     if not 1 <= seeds <= 10_000:
@@ -284,7 +287,7 @@ def plan_jobs(names: Sequence[str], configs_dir: Path, spaces_dir: Path,
         if not space_path.is_file():
             raise ConfigError(f"--models: no search space for {name!r} ({space_path})")
         base = check_config(load_config(configs_dir / f"{name}.yaml").override(overrides))
-        check_job_numbers(name, base, trials, splits, seeds)
+        check_job_numbers(name, base, trials, splits, seeds, sampler_seed)
         jobs.append(TuneJob(name, base, load_search_space(space_path, base), trials, splits,
                             seeds, sampler_seed))
     return jobs

@@ -284,6 +284,8 @@ def test_gnn_train_and_bench_accept_the_best_configs(
     (["--trials", "2", "--splits", "2"],
      "--splits: gcn uses data.split: public, which has one split; pass --split random"),
     (["--trials", "2", "--seeds", "0"], "--seeds: must be 1..10000, got 0"),
+    (["--trials", "2", "--seed", "-1"], "--seed: must be 0..4294967295, got -1"),
+    (["--trials", "2", "--out", "a\x00b"], "--out: the path 'a\\x00b' contains a NUL byte"),
     (["--trials", "2", "--models", "gnc"], "--models: no config 'gnc'"),
     (["--trials", "2", "--heartbeat", "0"], "--heartbeat/--grace: must be >= 1 second"),
     (["--trials", "2", "--retries", "-1"], "--retries: must be 0..1000, got -1"),
