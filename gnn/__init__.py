@@ -20,7 +20,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("batching",),  # full-batch and sampled epochs behind one protocol
     ("training",),  # fit() and its typed FitResult
     ("members",),  # M members of one config trained in one batched run
-    ("checkpoint", "distributed", "bench", "scale"),  # what is built on fit()
+    ("checkpoint", "distributed", "bench", "scale", "tune"),  # what is built on fit()
     ("report",),  # every markdown and CSV table
     ("plots",),  # every figure (matplotlib Figure, never pyplot)
     ("cli",),  # the command line

@@ -1,4 +1,5 @@
-"""Command line: ``gnn train``, ``gnn predict``, ``gnn bench``, ``gnn scale``, ``gnn smoke``.
+"""Command line: ``gnn train``, ``gnn predict``, ``gnn bench``, ``gnn scale``, ``gnn tune``,
+``gnn smoke``.
 
 Every bad input ends in one line on stderr and exit code 2, before any file is written.
 Ctrl-C ends with exit code 130 and SIGTERM with 143, files already written stay complete and
@@ -66,7 +67,7 @@ def _add_split_options(p: argparse.ArgumentParser) -> None:
 def build_parser() -> Parser:
     parser = Parser(prog="gnn", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for add in (_add_train, _add_predict, _add_scale, _add_bench):
+    for add in (_add_train, _add_predict, _add_scale, _add_bench, _add_tune):
         add(sub)
     smoke = sub.add_parser("smoke", help="check the installation and that Cora loads")
     smoke.add_argument("--root", help="data root")
@@ -160,6 +161,44 @@ def _add_bench(sub: Any) -> None:
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
     bench.add_argument("--trust-data", action="store_true", default=None,
                        help="load raw files whose SHA-256 differs from the public ones")
+
+
+def _add_tune(sub: Any) -> None:
+    tune = sub.add_parser("tune", help="tune models with an equal budget of Optuna trials on "
+                          "validation accuracy; writes best configs, trials.csv, figures")
+    tune.add_argument("--models", "--model", nargs="+", required=True, metavar="NAME",
+                      help="config names in --configs, tuned one after the other")
+    tune.add_argument("--trials", type=int, required=True,
+                      help="budget per model: finished trials over every worker of the study")
+    tune.add_argument("--splits", type=int, default=1, metavar="K",
+                      help="random splits 0..K-1 per trial, each with every seed (default 1; "
+                           "K > 1 needs --split random)")
+    _add_split_options(tune)
+    tune.add_argument("--seeds", type=int, default=2, help="seeds 0..S-1 per split and "
+                      "trial (default 2)")
+    tune.add_argument("--out", default="results/tune", help="output folder (default "
+                      "results/tune)")
+    tune.add_argument("--storage", metavar="URL", help="study database (default "
+                      "sqlite:///OUT/study.db); postgresql://USER@HOST/DB shares the studies "
+                      "between processes on several machines")
+    tune.add_argument("--configs", metavar="DIR",
+                      help="folder of YAML configs (default: the project's configs/)")
+    tune.add_argument("--search", metavar="DIR",
+                      help="folder of search spaces NAME.yaml (default: CONFIGS/search)")
+    tune.add_argument("--seed", type=int, default=0, help="the TPE sampler's seed (default 0)")
+    tune.add_argument("--dataset", help="dataset for every model (default: each config's)")
+    tune.add_argument("--root", help="data root (overrides data.root and GNN_DATA_ROOT)")
+    tune.add_argument("--epochs", type=int, help="epochs for every trial (default: each "
+                      "config's)")
+    tune.add_argument("--device", help="cpu or cuda (overrides train.device)")
+    tune.add_argument("--trust-data", action="store_true", default=None,
+                      help="load raw files whose SHA-256 differs from the public ones")
+    tune.add_argument("--heartbeat", type=int, default=10, metavar="S", help="seconds between "
+                      "a running trial's heartbeats (default 10)")
+    tune.add_argument("--grace", type=int, metavar="S", help="seconds without heartbeat "
+                      "before a trial counts as dead and is retried (default 2 x heartbeat)")
+    tune.add_argument("--retries", type=int, default=3,
+                      help="times a dead worker's trial is retried (default 3)")
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -389,11 +428,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from gnn import bench
     from gnn.config import config_names, shipped_configs_dir
     from gnn.plots import bench_figures
-    from gnn.report import bench_documents, machine_meta, summarize, terminal_table, write_files
+    from gnn.report import (
+        bench_documents,
+        machine_meta,
+        summarize,
+        terminal_table,
+        tuned_line,
+        write_files,
+    )
 
     configs_dir = Path(args.configs) if args.configs else shipped_configs_dir()
     if not configs_dir.is_dir():
         raise ConfigError(f"--configs: {configs_dir} is not a folder")
+    tuned = _tuning_record(configs_dir)
     names = args.models or config_names(configs_dir)
     seeds = args.seeds
     if seeds is None:
@@ -419,6 +466,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     command = "gnn " + shlex.join(sys.argv[1:] if args.argv is None else args.argv)
     summaries = summarize(result.rows)
     meta = machine_meta(command, args.devices)
+    if tuned:
+        meta["tuned"] = tuned_line(tuned)
     paths = write_files(out, {**bench_documents(summaries, meta, args.memory_budget_mb),
                               **bench_figures(summaries)})
     print(terminal_table(summaries))
@@ -430,6 +479,101 @@ def cmd_bench(args: argparse.Namespace) -> int:
     written = [out / bench.JSONL, out / bench.CSV, *paths]
     print(f"{'; '.join(notes)}. Wrote {', '.join(map(str, written))}")
     return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    """``gnn tune``: one study per model, resumed when the storage has it; each model's
+    outputs are written as soon as its study has its budget."""
+    import dataclasses
+    from pathlib import Path
+
+    from gnn.config import shipped_configs_dir
+    from gnn.files import ensure_writable_dir
+    from gnn.training import resolve_device
+
+    tune = _import_tune()
+    configs_dir = Path(args.configs) if args.configs else shipped_configs_dir()
+    overrides = {"data.name": args.dataset, "data.root": args.root, "train.epochs": args.epochs,
+                 "train.device": args.device, "data.trust_data": args.trust_data,
+                 "train.progress": False, "data.split": args.split,
+                 "data.largest_component": args.largest_component}
+    jobs = tune.plan_jobs(args.models, configs_dir,
+                          Path(args.search) if args.search else tune.search_dir(configs_dir),
+                          overrides, args.trials, args.splits, args.seeds, args.seed)
+    for job in jobs:
+        resolve_device(job.base.train.device)
+    out = Path(args.out)
+    settings = tune.StorageSettings(args.storage or "", args.heartbeat, args.grace, args.retries)
+    settings.check()
+    storage = tune.open_storage(settings) if args.storage else None  # before --out is made
+    ensure_writable_dir(out, "--out")
+    if storage is None:
+        settings = dataclasses.replace(settings, url=tune.default_storage(out))
+        storage = tune.open_storage(settings)
+    finished: list[Any] = []
+    for job in jobs:
+        finished.append(_tune_one(tune, job, storage, settings))
+        _write_tune_report(out, finished, args)
+    print(f"wrote {out}/tuning.md, trials.csv, best/ and figures")
+    return 0
+
+
+def _import_tune() -> Any:
+    try:
+        import optuna  # noqa: F401
+
+        from gnn import tune
+    except ImportError as exc:
+        raise UsageError(f"gnn tune needs Optuna ({exc.name} is missing): pip install "
+                         "'gnn[tune]' (or -e '.[tune]' in a checkout)") from None
+    return tune
+
+
+def _tune_one(tune: Any, job: Any, storage: Any, settings: Any) -> tuple[Any, Any]:
+    """Run this process's share of one model's study; (the study, its outcome)."""
+    from gnn.data import load_dataset
+    from gnn.report import trial_line, tune_done_line
+
+    study = tune.open_study(job, storage)
+    data = load_dataset(job.base.data)
+    ran = tune.run_worker(study, job, data, settings,
+                          on_trial=lambda t: print(trial_line(tune.trial_row(job.name, t)),
+                                                   flush=True))
+    result = tune.outcome(study, job, settings.url, ran)
+    print(tune_done_line(result), flush=True)
+    return study, result
+
+
+def _write_tune_report(out: Any, finished: list[tuple[Any, Any]], args: argparse.Namespace) -> None:
+    import shlex
+
+    from gnn.files import atomic_write_many
+    from gnn.plots import tuning_figures
+    from gnn.report import machine_meta, tuning_documents
+
+    command = "gnn " + shlex.join(sys.argv[1:] if args.argv is None else args.argv)
+    outcomes = [result for _, result in finished]
+    files = tuning_documents(outcomes, machine_meta(command, ["cpu"]))
+    for study, result in finished:
+        files.update(tuning_figures(study, result.job.name))
+    atomic_write_many({out / name: payload for name, payload in files.items()})
+
+
+def _tuning_record(configs_dir: Any) -> dict[str, Any] | None:
+    """What ``gnn tune`` recorded beside the configs it wrote (``tuning.json``), if anything."""
+    import json
+
+    path = configs_dir / "tuning.json"
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        for entry in record["models"].values():
+            entry["trials"], entry["splits"], entry["seeds"]  # noqa: B018 - keys checked
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"--configs: {path} is not a gnn tune record ({type(exc).__name__})"
+                          ) from None
+    return record
 
 
 def cmd_smoke(args: argparse.Namespace) -> int:
@@ -451,7 +595,7 @@ def cmd_smoke(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "predict": cmd_predict, "bench": cmd_bench,
-            "scale": cmd_scale, "smoke": cmd_smoke}
+            "scale": cmd_scale, "tune": cmd_tune, "smoke": cmd_smoke}
 
 
 def _fail(message: str, code: int) -> int:

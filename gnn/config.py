@@ -204,17 +204,23 @@ def load_config(path: str | Path | None) -> Config:
     """Read a YAML config file; ``None`` gives the defaults."""
     if path is None:
         return Config()
+    return Config.from_dict(load_yaml(path, "config file"), source=str(path))
+
+
+def load_yaml(path: str | Path, what: str) -> Any:
+    """The YAML document in a small regular file (a config, a search space), or one line
+    naming the problem: a missing file, one that cannot be read, malformed YAML."""
     path = Path(path)
     try:
-        text = _read_small_text(path)
+        text = _read_small_text(path, what)
     except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
+        raise ConfigError(f"{what} not found: {path}") from None
     except ConfigError:
         raise
     except (OSError, UnicodeDecodeError, ValueError) as exc:  # ValueError: a NUL in the path
-        raise ConfigError(f"cannot read config file {path}: {exc.__class__.__name__}") from None
+        raise ConfigError(f"cannot read {what} {path}: {exc.__class__.__name__}") from None
     try:
-        raw = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -224,21 +230,20 @@ def load_config(path: str | Path | None) -> Config:
         raise ConfigError(f"{path}: malformed YAML: nested too deeply") from None
     except ValueError as exc:  # an integer beyond Python's 4300-digit conversion limit
         raise ConfigError(f"{path}: malformed YAML: {str(exc).split(':')[0]}") from None
-    return Config.from_dict(raw, source=str(path))
 
 
-def _read_small_text(path: Path) -> str:
+def _read_small_text(path: Path, what: str) -> str:
     """The text of a regular file of at most :data:`MAX_CONFIG_BYTES`; a FIFO (which would
     block) or a device (which may never end) is refused before it is opened for reading."""
     import stat
 
     mode = path.stat().st_mode
     if not stat.S_ISREG(mode):
-        raise ConfigError(f"cannot read config file {path}: not a regular file")
+        raise ConfigError(f"cannot read {what} {path}: not a regular file")
     with open(path, "rb") as handle:
         data = handle.read(MAX_CONFIG_BYTES + 1)
     if len(data) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES} bytes")
+        raise ConfigError(f"{what} {path} is larger than {MAX_CONFIG_BYTES} bytes")
     return data.decode()
 
 

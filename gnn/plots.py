@@ -1,15 +1,18 @@
 """Every figure the project draws: the bench's three (accuracy vs latency, learning curves,
-accuracy per split) and ``gnn scale``'s cost curves, rendered off-screen (Agg) to PNG bytes
-for an atomic write.
+accuracy per split), ``gnn scale``'s cost curves and ``gnn tune``'s study figures, rendered
+off-screen (Agg) to PNG bytes for an atomic write.
 
 Figures are built with ``matplotlib.figure.Figure`` and an Agg canvas, never ``pyplot``, so no
 display, global state or backend switch is involved (safe in tests and on headless machines).
+The one exception is Optuna's figures, which Optuna draws with ``pyplot``: each is rendered
+the same way and closed at once, under a style context that leaves the global style as it was.
 """
 
 from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -212,3 +215,42 @@ def _scale_axes(ax: Axes, title: str, ylabel: str) -> None:
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
+
+
+def tuning_figures(study: Any, name: str) -> dict[str, bytes]:
+    """A study's optimisation history and parameter importances (Optuna's matplotlib
+    figures), by file name; the importances need two complete trials that differ."""
+    import warnings
+
+    import matplotlib
+    from optuna.importance import FanovaImportanceEvaluator
+    from optuna.visualization import matplotlib as optuna_plots
+
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    figures: dict[str, bytes] = {}
+    with warnings.catch_warnings(), matplotlib.rc_context():  # Optuna sets a global style
+        warnings.simplefilter("ignore")  # Optuna's plots are marked experimental
+        if complete:
+            figures[f"{name}-history.png"] = _optuna_png(optuna_plots.plot_optimization_history(
+                study, target_name="mean validation accuracy"), f"{name}: optimisation history")
+        if len({tuple(sorted(t.params.items())) for t in complete}) >= 2:
+            figures[f"{name}-importances.png"] = _optuna_png(
+                optuna_plots.plot_param_importances(
+                    study, evaluator=FanovaImportanceEvaluator(seed=0),
+                    target_name="mean validation accuracy"), f"{name}: parameter importances")
+    return figures
+
+
+def _optuna_png(ax: Axes, title: str) -> bytes:
+    """Render a figure Optuna drew with pyplot, then close it there (Optuna's figures are the
+    only pyplot figures: each is closed as soon as it is rendered)."""
+    from matplotlib import pyplot
+
+    fig = ax.figure
+    try:
+        for loc in ("left", "right"):  # Optuna's own titles, in whichever place it put them
+            ax.set_title("", loc=loc)
+        ax.set_title(title)
+        return _png(fig)
+    finally:
+        pyplot.close(fig)

@@ -1,7 +1,8 @@
 """Every table the project writes: the bench report (``summary.md``, its machine-readable twin
 ``summary.json``, ``recommendation.md``, the terminal table) derived only from the recorded rows,
-and ``gnn scale``'s ``scale.md`` and ``scale.csv``. The statistics come from :mod:`gnn.stats`,
-figures are drawn by :mod:`gnn.plots`; :func:`write_files` writes a report's files together.
+``gnn scale``'s ``scale.md`` and ``scale.csv``, and ``gnn tune``'s ``tuning.md``, ``trials.csv``
+and best configs. The statistics come from :mod:`gnn.stats`, figures are drawn by
+:mod:`gnn.plots`; :func:`write_files` writes a report's files together.
 
 Nothing here names a particular model: every sentence is computed from the numbers by the rules
 written at the top of ``recommendation.md``, so a different graph or machine gives a different,
@@ -42,6 +43,7 @@ from gnn.stats import (
     rank_stability,
     spread,
 )
+from gnn.tune import TrialRow, TuneOutcome
 
 SUMMARY_MD, SUMMARY_JSON, RECOMMENDATION_MD = "summary.md", "summary.json", "recommendation.md"
 ACCURACY_PNG, CURVES_PNG = "accuracy_vs_latency.png", "learning_curves.png"
@@ -405,6 +407,7 @@ def _header(summaries: Sequence[Summary], meta: dict[str, Any]) -> list[str]:
         "",
         f"Command: `{meta['command']}`" if meta.get("command") else "",
         "",
+        *([meta["tuned"], ""] if meta.get("tuned") else []),
     ]
 
 
@@ -740,3 +743,138 @@ def scale_markdown(rows: Sequence[ScaleRow], budget_gib: float, cfg: Config,
             f"{_fmt(r.run_peak_gib, '.3f')} | {r.predicted_gib:.3f} | {r.graph_gib:.3f} | "
             f"{_fmt(r.test_acc, '.3f')} | {_fmt(r.fit_s, '.1f')} |")
     return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# gnn tune
+
+TUNING_MD, TRIALS_CSV, TUNING_JSON = "tuning.md", "trials.csv", "best/tuning.json"
+
+
+def _params_text(params: Mapping[str, Any]) -> str:
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in params.items())
+
+
+def trial_line(row: TrialRow) -> str:
+    """The line ``gnn tune`` prints when one of its trials ends."""
+    value = f"val_acc={row.value:.4f}" if row.value is not None else row.note or row.state
+    seconds = f" [{row.seconds:.1f} s]" if row.seconds is not None else ""
+    retry = f" (retry of trial {row.retry_of})" if row.retry_of is not None else ""
+    return f"{row.model} trial {row.number} {row.state.lower()}: {value}{retry} " \
+           f"{_params_text(row.params)}{seconds}".rstrip()
+
+
+def tune_done_line(result: TuneOutcome) -> str:
+    c, job = result.counts, result.job
+    best = ("no complete trial" if result.best_number is None else
+            f"best val_acc={result.best_value:.4f} (trial {result.best_number})")
+    return (f"{job.name}: {c.finished}/{job.trials} trials finished ({c.complete} complete, "
+            f"{c.pruned} pruned, {c.failed} failed; {result.ran_here} here); {best}")
+
+
+def trials_csv(outcomes: Sequence[TuneOutcome]) -> str:
+    """``trials.csv``: every trial of every tuned model; parameters one column each."""
+    params = sorted({k for o in outcomes for r in o.rows for k in r.params})
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["model", "trial", "state", "val_acc", "seconds", "worker", "retry_of",
+                     "note", *params])
+    for o in outcomes:
+        for r in o.rows:
+            writer.writerow([r.model, r.number, r.state,
+                             "" if r.value is None else f"{r.value:.6f}",
+                             "" if r.seconds is None else f"{r.seconds:.3f}", r.worker,
+                             "" if r.retry_of is None else r.retry_of, r.note,
+                             *(r.params.get(k, "") for k in params)])
+    return buffer.getvalue()
+
+
+def tuned_config_yaml(result: TuneOutcome) -> str:
+    """``best/NAME.yaml``: the complete config of the best trial, with where it came from."""
+    import yaml
+
+    job = result.job
+    assert result.best_config is not None
+    header = [
+        f"# {job.name}, tuned by gnn tune: the best of {result.counts.finished} finished trials "
+        f"(budget {job.trials}),",
+        f"# trial {result.best_number}: mean validation accuracy {result.best_value:.4f} over "
+        f"{job.splits} split(s) x {job.seeds} seed(s).",
+        f"# Search space {job.space.source}; study {job.name} in {result.storage}.",
+        "# Tuning never read the test masks: gnn bench --configs on this folder measures them.",
+    ]
+    body = yaml.safe_dump(result.best_config.to_dict(), sort_keys=False)
+    return "\n".join(header) + "\n" + body
+
+
+def tuning_record(outcomes: Sequence[TuneOutcome]) -> dict[str, Any]:
+    """``best/tuning.json``: what was tuned and with what budget, for the bench's report."""
+    return {"models": {o.job.name: {
+        "trials": o.job.trials, "finished": o.counts.finished, "splits": o.job.splits,
+        "seeds": o.job.seeds, "sampler_seed": o.job.sampler_seed,
+        "best_trial": o.best_number, "best_val_acc": o.best_value, "params": o.best_params,
+        "search_space": o.job.space.source} for o in outcomes}}
+
+
+def tuned_line(record: Mapping[str, Any]) -> str:
+    """The bench report's line on configs that ``gnn tune`` wrote (``best/tuning.json``)."""
+    models = record.get("models", {})
+    budgets = {(m["trials"], m["splits"], m["seeds"]) for m in models.values()}
+    if len(budgets) == 1:
+        trials, splits, seeds = budgets.pop()
+        budget = (f"the same budget of {trials} trials each, {splits} split(s) x {seeds} "
+                  "seed(s) per trial")
+    else:
+        budget = "budgets " + ", ".join(f"{name}: {m['trials']} trials of {m['splits']} x "
+                                        f"{m['seeds']}" for name, m in models.items())
+    return (f"- Configs tuned by `gnn tune` on validation accuracy only: "
+            f"{', '.join(models)}; {budget}.")
+
+
+def tuning_markdown(outcomes: Sequence[TuneOutcome], meta: Mapping[str, Any]) -> str:
+    """``tuning.md``: which configs were tuned with what budget, and each study's result."""
+    first = outcomes[0].job
+    rows = [[o.job.name, f"{o.counts.finished}/{o.job.trials}", str(o.counts.complete),
+             str(o.counts.pruned), str(o.counts.failed),
+             "" if o.best_value is None else f"{o.best_value:.4f}",
+             "" if o.best_number is None else str(o.best_number), f"{o.wall_time_s:.0f}",
+             _params_text(o.best_params)] for o in outcomes]
+    spaces = [f"- {o.job.name} ({o.job.space.source}): "
+              + "; ".join(p.describe() for p in o.job.space.params) for o in outcomes]
+    datasets = ", ".join(sorted({o.job.base.data.name for o in outcomes}))
+    return "\n".join([
+        f"# Tuning: {datasets}", "",
+        f"Tuned configs: {', '.join(o.job.name for o in outcomes)}. Budget: {first.trials} "
+        "finished (complete or pruned) trials per model, counted over every worker of the "
+        f"study. Each trial trains {first.splits} split(s) x {first.seeds} seed(s) and scores "
+        "the mean validation accuracy; the test masks are never read. TPE sampler (seed "
+        f"{first.sampler_seed}); each study's first trial is its base config's values.", "",
+        f"Command: `{meta.get('command', '')}`; {meta.get('date', '')}; {meta.get('cpu', '')}.",
+        f"Storage: {outcomes[0].storage}.", "",
+        markdown_table(("model", "finished/budget", "complete", "pruned", "failed",
+                        "best val acc", "best trial", "wall time (s)", "best params"), rows),
+        "",
+        "- failed: surplus trials (two workers started the last trials at once; the later one "
+        "trained nothing) and trials whose worker stopped (no heartbeat: retried with the same "
+        "parameters, `retry_of` in trials.csv).",
+        "- wall time: first trial's start to last trial's end, every worker included.",
+        "- Test accuracy of the tuned configs: `gnn bench --configs OUT/best`.", "",
+        "## Search spaces", "", *spaces, ""])
+
+
+def tuning_documents(outcomes: Sequence[TuneOutcome],
+                     meta: Mapping[str, Any]) -> dict[str, bytes]:
+    """``tuning.md``, ``trials.csv``, and ``best/NAME.yaml`` + ``best/tuning.json``, by path
+    relative to the output folder."""
+    import json
+
+    files = {TUNING_MD: tuning_markdown(outcomes, meta).encode(),
+             TRIALS_CSV: trials_csv(outcomes).encode()}
+    tuned = [o for o in outcomes if o.best_config is not None]
+    for o in tuned:
+        files[f"best/{o.job.name}.yaml"] = tuned_config_yaml(o).encode()
+    if tuned:
+        files[TUNING_JSON] = (json.dumps(tuning_record(tuned), indent=2, sort_keys=True)
+                              + "\n").encode()
+    return files

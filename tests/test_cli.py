@@ -310,3 +310,20 @@ def test_sigint_while_starting_is_one_line(delay: float) -> None:
     assert proc.returncode == 130, err
     assert err.strip().splitlines() == ["gnn: error: interrupted (SIGINT); no partial file "
                                         "was written"], err
+
+
+def test_only_gnn_tune_needs_optuna(tmp_path: Path) -> None:
+    """Without Optuna every other command's modules import, and ``gnn tune`` is one line
+    saying what to install (exit 2, nothing written)."""
+    code = ("import sys; sys.modules['optuna'] = None\n"
+            "import gnn.bench, gnn.plots, gnn.report, gnn.tune\n"
+            "from gnn.cli import main\n"
+            f"sys.exit(main(['tune', '--models', 'gcn', '--trials', '1', '--out', "
+            f"{str(tmp_path / 'out')!r}]))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "gnn: error: gnn tune needs Optuna (optuna is missing): pip install 'gnn[tune]' "
+        "(or -e '.[tune]' in a checkout)"]
+    assert not (tmp_path / "out").exists()
