@@ -32,7 +32,7 @@ from gnn import tune  # noqa: E402 - after the skip
 
 REPO = Path(__file__).resolve().parents[1]
 TRIALS = 6
-EPOCHS = 150  # long enough that a worker spends most of its time inside trials
+EPOCHS = 500  # a trial lasts long enough (about a second) to be caught inside, even under load
 DEADLINE_S = 240.0
 SPACE_SIZE = 3  # parameters in tests.test_tune.TINY_SPACE
 
