@@ -22,7 +22,7 @@ import pickle
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,6 +177,19 @@ def _download(root: Path, name: str) -> Path:
     return target
 
 
+def _fetch(root: Path, download: bool, fetch: Callable[[Path], Path],
+           missing: Callable[[str], str]) -> Path:
+    """Download what is missing under ``root`` (or the user cache when ``root`` is read-only);
+    offline or with downloads disabled, one :class:`DataError` line saying what is missing."""
+    if not download:
+        raise DataError(missing("downloads disabled"))
+    target = root if _is_writable(root) else cache_dir() / "data"
+    try:
+        return fetch(target)
+    except Exception as exc:  # network errors come in many types
+        raise DataError(missing(f"download failed: {exc.__class__.__name__}")) from None
+
+
 def _missing_message(root: Path, name: str, reason: str) -> str:
     folders = " or ".join(str(p) for p in raw_candidates(root, name))
     return (f"{name}: raw files not found ({reason}); looked for "
@@ -323,14 +336,8 @@ def load_planetoid(name: str, root: str | os.PathLike[str] | None = None, *,
     root_path = resolve_root(root)
     raw_dir = _find_raw_dir(root_path, name)
     if raw_dir is None:
-        if not download:
-            raise DataError(_missing_message(root_path, name, "downloads disabled"))
-        target = root_path if _is_writable(root_path) else cache_dir() / "data"
-        try:
-            raw_dir = _download(target, name)
-        except Exception as exc:  # network errors come in many types
-            reason = f"download failed: {exc.__class__.__name__}"
-            raise DataError(_missing_message(root_path, name, reason)) from None
+        raw_dir = _fetch(root_path, download, lambda target: _download(target, name),
+                         lambda reason: _missing_message(root_path, name, reason))
 
     hashes = raw_hashes(raw_dir, name)
     verify_raw(hashes, name, trust_data)
@@ -472,14 +479,8 @@ def load_npz_graph(name: str, root: str | os.PathLike[str] | None = None, *,
     root_path = resolve_root(root)
     path = next((p for p in npz_candidates(root_path, source) if p.is_file()), None)
     if path is None:
-        if not download:
-            raise DataError(_npz_missing(root_path, source, "downloads disabled"))
-        target = root_path if _is_writable(root_path) else cache_dir() / "data"
-        try:
-            path = _download_npz(target, source)
-        except Exception as exc:  # network errors come in many types
-            reason = f"download failed: {exc.__class__.__name__}"
-            raise DataError(_npz_missing(root_path, source, reason)) from None
+        path = _fetch(root_path, download, lambda target: _download_npz(target, source),
+                      lambda reason: _npz_missing(root_path, source, reason))
     data = read_graph_npz(path)
     try:
         check_graph(data)
