@@ -118,16 +118,15 @@ class StackedModel(nn.Module):
     """M members of one MLP / GCN / GraphSAGE / APPNP, built from M standalone models.
 
     Layer 0's weight is stored ``[in, M * out]`` (what the CSR product reads); later layers'
-    ``[M, in, out]`` (what ``bmm`` reads); biases ``[M * out]``. :meth:`member` gives member
+    ``[M, in, out]`` (what ``bmm`` reads); biases ``[M * out]``. :meth:`release` gives member
     ``m`` back as a standalone model with its weights.
     """
 
     def __init__(self, cfg: Config, models: Sequence[nn.Module]) -> None:
         super().__init__()
         self.name, self.members = cfg.model.name, len(models)
-        # plain lists, not submodules (their parameters are not the stacked ones): a template
-        # for member(), and the members' own modules, handed out once by release()
-        self.template = [copy.deepcopy(models[0]).cpu()]
+        # a plain list, not submodules (their parameters are not the stacked ones): the
+        # members' own modules, handed out once by release()
         self.shells: list[nn.Module | None] = [model.cpu() for model in models]
         self.dropout = cfg.model.dropout
         self.K, self.alpha = cfg.model.K, cfg.model.alpha
@@ -226,12 +225,6 @@ class StackedModel(nn.Module):
             if r_name is not None:
                 state[r_name] = _unstack(self.roots[i], m, self.members, i == 0).t()
         return {k: v.detach().clone().contiguous() for k, v in state.items()}
-
-    def member(self, m: int) -> nn.Module:
-        """Member ``m`` as a new standalone model with its current weights."""
-        model = copy.deepcopy(self.template[0])
-        model.load_state_dict(self.member_state(m), strict=False)
-        return model
 
     def release(self, m: int) -> nn.Module:
         """Member ``m`` as a standalone model, in the module it was built as (a copy of a
