@@ -38,7 +38,13 @@ from gnn.files import (
     ensure_writable_dir,
     signals_deferred,
 )
-from gnn.members import can_batch, fit_members, member_groups, resolve_members
+from gnn.members import (
+    can_batch,
+    fit_members,
+    member_groups,
+    resolve_members,
+    sequential_reason,
+)
 from gnn.memory import PeakWindow, probe_for
 from gnn.timing import measure_latency
 from gnn.training import FitResult, check_config, fit, resolve_device
@@ -209,8 +215,8 @@ def batches(todo: Sequence[Run], members: str | int,
     for (name, _), runs in groups.items():
         if members == 1 or len(runs) == 1 or not can_batch(runs[0].cfg):
             if members not in (1, "auto") and not can_batch(runs[0].cfg):
-                warnings.warn(f"--members: {name} trains its seeds one after the other (model "
-                              f"{runs[0].cfg.model.name} does not batch)", stacklevel=2)
+                warnings.warn(f"--members: {name} trains its seeds one after the other "
+                              f"({sequential_reason(runs[0].cfg)})", stacklevel=2)
             work += [[run] for run in runs]
             continue
         size = resolve_members(members, len(runs), runs[0].cfg,

@@ -285,7 +285,7 @@ def train_seeds(args: argparse.Namespace, cfg: Config) -> int:
     """``gnn train --seeds``: one result per seed, batched where the model batches."""
     from gnn.data import load_dataset
     from gnn.files import check_output_file, write_json
-    from gnn.members import can_batch, fit_many, resolve_members
+    from gnn.members import can_batch, fit_many, resolve_members, sequential_reason
 
     seeds, members = parse_seeds(args.seeds), parse_members(args.members)
     for flag, given in (("--save", args.save), ("--distributed", args.distributed)):
@@ -298,7 +298,7 @@ def train_seeds(args: argparse.Namespace, cfg: Config) -> int:
         members = resolve_members(members, len(seeds), cfg, data)
     elif members not in (1, "auto"):
         warnings.warn(f"--members: {cfg.model.name} trains its seeds one after the other "
-                       "(this model does not batch)", stacklevel=2)
+                       f"({sequential_reason(cfg)})", stacklevel=2)
     results = fit_many(cfg, seeds, data, members=members if isinstance(members, int) else None)
     for result in results:
         print(result.summary_line() + (f" members={result.members}"

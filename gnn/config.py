@@ -101,6 +101,11 @@ class TrainConfig:
     # GCNII: weight decay of the convolutions (null: weight_decay), the paper's two-group recipe
     conv_weight_decay: float | None = field(default=None, metadata=_range(0.0, 100.0))
     seed: int = field(default=0, metadata=_range(0, 2**32 - 1))  # numpy's seed range
+    # model selection: the first epoch of the best validation accuracy, or of the lowest
+    # validation loss (GCNII's recipe, which also stops early); patience: stop after that many
+    # evaluations without a better one (0: train every epoch)
+    select: str = field(default="val_acc", metadata={"choices": ("val_acc", "val_loss")})
+    patience: int = field(default=0, metadata=_range(0, 10_000_000))
     device: str = field(default="cpu", metadata={"choices": ("cpu", "cuda")})
     compile: bool = False
     # batched members on CUDA: capture the training step and the evaluation once in CUDA

@@ -67,8 +67,19 @@ MAX_MEMBERS = 1_000_000
 AUTO_WIDTH = 320
 
 
+def sequential_reason(cfg: Config) -> str | None:
+    """Why members of this config train one after the other, or ``None`` when they batch."""
+    if cfg.model.name not in BATCHABLE or cfg.sampler.enabled:
+        return f"model {cfg.model.name}{' (sampled)' * cfg.sampler.enabled} does not batch"
+    if cfg.train.compile:
+        return "train.compile: true does not batch"
+    if cfg.train.select != "val_acc" or cfg.train.patience:
+        return "batched members select on the best validation accuracy, without patience"
+    return None
+
+
 def can_batch(cfg: Config) -> bool:
-    return cfg.model.name in BATCHABLE and not cfg.sampler.enabled and not cfg.train.compile
+    return sequential_reason(cfg) is None
 
 
 def member_bytes(cfg: Config, data: Data) -> int:
@@ -433,7 +444,7 @@ def fit_members(cfg: Config, seeds: Sequence[int], data: Data | None = None,
     masks ``data`` carries, as split ``data.split_seed``. An inductive run trains on one
     split's training graph, so its members share one split."""
     if not can_batch(cfg):
-        raise ConfigError(f"model.name: {cfg.model.name} members cannot train batched")
+        raise ConfigError(f"members cannot train batched: {sequential_reason(cfg)}")
     device = resolve_device(cfg.train.device)
     data = load_dataset(cfg.data) if data is None else data
     ids = [cfg.data.split_seed] * len(seeds) if splits is None else [int(s) for s in splits]

@@ -150,7 +150,9 @@ class Selection:
     """The training loop's outcome: history, timings and the selected (best) epoch."""
 
     history: History = field(default_factory=History)
-    best_val: float = -1.0
+    best_val: float = -1.0  # validation accuracy of the selected epoch
+    best_score: float = -math.inf  # what selection maximises: accuracy, or minus the loss
+    stale: int = 0  # evaluations since the selected one
     best_epoch: int = 0
     best_state: dict[str, Tensor] | None = None
     best_logits: Tensor | None = None  # set while the best epoch is the last one evaluated
@@ -214,7 +216,8 @@ def propagation_only(run: Setup) -> Selection:
 def train_loop(cfg: Config, run: Setup,
                on_epoch: Callable[[int, float, float], None] | None = None) -> Selection:
     """Train for ``train.epochs``; evaluate every ``eval_every`` epochs and after the last,
-    keeping the weights of the best validation accuracy."""
+    keeping the weights of the best validation accuracy (or loss: ``train.select``), and stop
+    after ``train.patience`` evaluations without a better one."""
     y = run.seen.y.to(run.device)
     train_mask, val_mask = run.seen.train_mask.to(run.device), run.seen.val_mask.to(run.device)
     sel = Selection(loop_timer=Timer(run.device))
@@ -230,12 +233,18 @@ def train_loop(cfg: Config, run: Setup,
         pred = logits.argmax(dim=-1)
         val_acc = _accuracy(pred, y, val_mask)
         _log(sel.history, epoch, loss, _accuracy(pred, y, train_mask), val_acc)
-        if val_acc > sel.best_val:
-            sel.best_val, sel.best_epoch = val_acc, epoch
+        score = val_acc if cfg.train.select == "val_acc" else \
+            -float(torch.nn.functional.cross_entropy(logits[val_mask], y[val_mask]))
+        if score > sel.best_score:
+            sel.best_score, sel.best_val, sel.best_epoch, sel.stale = score, val_acc, epoch, 0
             sel.best_state = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+        else:
+            sel.stale += 1
         sel.best_logits = logits if sel.best_epoch == epoch else None
         if on_epoch is not None:
             on_epoch(epoch, loss, val_acc)
+        if cfg.train.patience and sel.stale >= cfg.train.patience:
+            break
     synchronize(run.device)
     sel.total_time = total_timer.stop()
     return sel
@@ -287,7 +296,7 @@ def make_result(cfg: Config, run: Setup, sel: Selection, logits: Tensor) -> FitR
         num_nodes=int(data.num_nodes), num_edges=int(data.num_edges),
         train_graph_nodes=int(run.seen.num_nodes), train_graph_edges=int(run.seen.num_edges),
         num_params=count_parameters(run.model),
-        epochs=cfg.train.epochs if run.optimizer is not None else 0,
+        epochs=sel.history.epoch[-1] if run.optimizer is not None else 0,
         best_epoch=sel.best_epoch, **metrics, total_train_time_s=sel.total_time,
         train_loop_time_s=sel.loop_timer.total, epoch_times_s=sel.loop_timer.laps,
         history=sel.history, config=cfg.to_dict(), versions=versions(),

@@ -12,9 +12,11 @@ from typing import Any
 import pytest
 import torch
 from scipy.stats import ttest_ind
+from torch import Tensor
 from torch_geometric.data import Data
 
 from gnn import members
+from gnn.batching import make_batching
 from gnn.cli import main
 from gnn.config import Config, load_config
 from gnn.errors import TrainingError
@@ -30,6 +32,22 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 #: APPNP on an H200 left one weight of 91,712 at 1.4e-5 from its standalone value (losses
 #: within 1e-6), so the bound there is 5e-5, half a percent of one Adam step (lr 0.01).
 WEIGHT_ATOL = {"cpu": 1e-5, "cuda": 5e-5}
+#: On CUDA a run can also fork: a hidden unit's input within rounding of zero passes the ReLU
+#: in one run and not in the other, and from then on that unit's weights take other Adam steps.
+#: Measured on an H200 (MLP, seed 1 of 0-2; both runs deterministic, graph and eager members
+#: bitwise equal): 212 of 91,712 first-layer weights (28 of 64 units) off by up to 7.5e-3, the
+#: final logits by 1.9e-3, seeds 0 and 2 within 4e-6. So on CUDA at most 1% of a tensor's
+#: weights may leave WEIGHT_ATOL, none by more than two Adam steps, and the logits stay within
+#: 1e-2; on the CPU every weight stays within WEIGHT_ATOL.
+FORKED = {"cpu": 0.0, "cuda": 0.01}
+
+
+def assert_weights_close(ours: Tensor, theirs: Tensor, device: torch.device) -> None:
+    ours = ours.to(theirs.device)
+    off = ~torch.isclose(ours, theirs, rtol=1e-4, atol=WEIGHT_ATOL[device.type])
+    if FORKED[device.type] == 0.0 or off.float().mean() > FORKED[device.type]:
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=WEIGHT_ATOL[device.type])
+    assert float((ours - theirs).abs().max()) <= 0.02, "more than two Adam steps apart"
 
 
 @pytest.mark.parametrize("name", BATCHABLE)
@@ -52,8 +70,10 @@ def test_member_equals_its_standalone_fit(name: str, cora: Data, device: torch.d
         ours, theirs = member.trained.state_dict(), alone.trained.state_dict()
         assert set(theirs) <= set(ours)
         for key, value in theirs.items():
-            torch.testing.assert_close(ours[key].to(value.device), value, rtol=1e-4,
-                                       atol=WEIGHT_ATOL[device.type])
+            assert_weights_close(ours[key], value, device)
+        feed = make_batching(cfg, cora, device)
+        logits = feed.predict(member.trained.to(device)) - feed.predict(alone.trained)
+        assert float(logits.abs().max()) <= (1e-2 if FORKED[device.type] else 1e-4)
     print(f"\n{name} on {device}: largest per-epoch loss difference {worst:.2e}")
     assert worst < 1e-5
 
@@ -153,7 +173,7 @@ def test_cuda_graph_replay_equals_eager_steps(name: str, members: int, cora: Dat
             continue
         for key, value in b.trained.state_dict().items():
             torch.testing.assert_close(a.trained.state_dict()[key], value, rtol=1e-4,
-                                       atol=1e-5)
+                                       atol=WEIGHT_ATOL["cuda"])
 
 
 def test_members_follow_their_own_masks(cora: Data) -> None:

@@ -140,6 +140,44 @@ def test_eval_every_k_epochs_and_after_the_last(cora: Data) -> None:
     assert len(result.epoch_times_s) == 7
 
 
+def test_selection_on_validation_loss_with_patience(cora: Data) -> None:
+    """``train.select: val_loss`` keeps the first epoch of the lowest validation loss, and
+    ``train.patience`` stops the run that many evaluations later."""
+    from gnn.batching import make_batching
+    from gnn.training import prepare, train_loop
+
+    cfg = load_config(f"{CONFIGS}/gcn.yaml").override(
+        {"train.epochs": 400, "train.select": "val_loss", "train.patience": 15})
+    run_ = prepare(cfg, cora, make_batching, None)
+    val_losses: dict[int, float] = {}
+
+    def record(epoch: int, loss: float, val_acc: float) -> None:
+        logits = run_.feed.predict(run_.forward_model)
+        val_losses[epoch] = float(torch.nn.functional.cross_entropy(
+            logits[cora.val_mask], cora.y[cora.val_mask]))
+
+    sel = train_loop(cfg, run_, record)
+    lowest = min(val_losses, key=lambda e: (val_losses[e], e))
+    assert sel.best_epoch == lowest
+    assert max(val_losses) == lowest + 15 < 400, "patience did not stop the run"
+    assert sel.best_val == sel.history.val_acc[sel.history.epoch.index(lowest)]
+    run_.model.load_state_dict(sel.best_state)
+    logits = run_.feed.predict(run_.forward_model)
+    assert float(torch.nn.functional.cross_entropy(
+        logits[cora.val_mask], cora.y[cora.val_mask])) == pytest.approx(val_losses[lowest])
+    result = fit(cfg, cora)
+    assert (result.best_epoch, result.epochs) == (lowest, lowest + 15)
+
+
+def test_selection_rules_other_than_best_accuracy_train_members_one_by_one() -> None:
+    from gnn.members import can_batch
+
+    cfg = load_config(f"{CONFIGS}/gcn.yaml")
+    assert can_batch(cfg)
+    assert not can_batch(cfg.override({"train.select": "val_loss"}))
+    assert not can_batch(cfg.override({"train.patience": 20}))
+
+
 def test_final_metrics_equal_a_fresh_evaluation(cora: Data) -> None:
     """The final metrics may reuse the last evaluation when it used the selected weights;
     they must equal evaluating the returned model again."""
