@@ -231,7 +231,7 @@ def test_a_model_that_cannot_batch_says_so(data_root: Path,
     captured = capsys.readouterr()
     assert captured.out.count("seed=") == 2
     assert captured.err.strip().splitlines() == [
-        "gnn: warning: --members: gat trains its seeds one after the other (this model does "
+        "gnn: warning: --members: gat trains its seeds one after the other (model gat does "
         "not batch)"]
 
 
