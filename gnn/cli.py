@@ -553,7 +553,8 @@ def _write_tune_report(out: Any, finished: list[tuple[Any, Any]], args: argparse
 
     command = "gnn " + shlex.join(sys.argv[1:] if args.argv is None else args.argv)
     outcomes = [result for _, result in finished]
-    files = tuning_documents(outcomes, machine_meta(command, ["cpu"]))
+    files = tuning_documents(outcomes, machine_meta(command, ["cpu"]),
+                             _tuning_record(out / "best"))
     for study, result in finished:
         files.update(tuning_figures(study, result.job.name))
     atomic_write_many({out / name: payload for name, payload in files.items()})

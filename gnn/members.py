@@ -171,7 +171,7 @@ class StackedModel(nn.Module):
         plan = None
         if rows is not None and self.name in ("gcn", "sage"):
             adj = self.graph_cache.get(edge_index, self._build_operator, n)
-            plan = self.plan_caches[self.training].get(adj, ReceptiveRows.build, rows,
+            plan = self.plan_caches[self.training].get(adj, ReceptiveRows.build, rows, x,
                                                        len(self.weights), self.name == "sage")
         h = x
         last = len(self.weights) - 1
@@ -197,11 +197,19 @@ class StackedModel(nn.Module):
 
     def _planned_layer(self, i: int, h: Tensor, plan: ReceptiveRows) -> Tensor:
         """Layer ``i`` for its rows of ``plan`` alone, from the previous layer's rows (layer 0:
-        from every node's features, which its product reads in one pass anyway)."""
-        out = propagate(plan.operators[i], self._linear(i, h, self.weights), self.biases[i])
+        from the features aggregated once per run, or from every node's features)."""
+        if i == 0 and plan.aggregated is not None:
+            out = propagate(plan.aggregated, self.weights[0], self.biases[0])
+        else:
+            out = propagate(plan.operators[i], self._linear(i, h, self.weights), self.biases[i])
         if self.name == "sage":
-            own = self._rows(h, plan.rows[0]) if i == 0 else h.index_select(0, plan.own[i])
-            out = out + self._linear(i, own, self.roots)
+            if i > 0:
+                own = self._linear(i, h.index_select(0, plan.own[i]), self.roots)
+            elif plan.own_features is not None:
+                own = propagate(plan.own_features, self.roots[0])
+            else:
+                own = self._linear(0, self._rows(h, plan.rows[0]), self.roots)
+            out = out + own
         return out
 
     def _build_operator(self, edge_index: Tensor, n: int) -> Tensor:
@@ -280,9 +288,15 @@ class ReceptiveRows:
     rows: list[Tensor]  # rows[i]: the global ids of layer i's output rows
     operators: list[Tensor]  # layer i's operator: rows[i] x rows[i-1] (layer 0: x every node)
     own: list[Tensor | None]  # rows[i]'s positions in rows[i-1] (GraphSAGE's root term)
+    # CSR features: layer 0's operator times the features, when it has fewer entries than the
+    # features (A X W computed as (A X) W: no N-row product, no propagation, and a smaller
+    # weight gradient), and GraphSAGE's own features at rows[0]; each with its transpose
+    aggregated: Tensor | None = None
+    own_features: Tensor | None = None
 
     @classmethod
-    def build(cls, adj: Tensor, rows: Tensor, layers: int, with_own: bool) -> ReceptiveRows:
+    def build(cls, adj: Tensor, rows: Tensor, x: Tensor, layers: int,
+              with_own: bool) -> ReceptiveRows:
         fields = [rows]
         for _ in range(layers - 1):
             needed = csr_rows(adj, fields[0]).col_indices()
@@ -299,7 +313,14 @@ class ReceptiveRows:
                 part.crow_indices(), position[part.col_indices()], part.values(),
                 (len(fields[i]), len(fields[i - 1])))))
             own.append(position[fields[i]] if with_own else None)
-        return cls(fields, operators, own)
+        plan = cls(fields, operators, own)
+        if x.layout == torch.sparse_csr:
+            aggregated = torch.sparse.mm(operators[0], x)
+            if aggregated.values().numel() < x.values().numel():
+                plan.aggregated = with_transpose(aggregated)
+            if with_own:
+                plan.own_features = with_transpose(csr_rows(x, fields[0]))
+        return plan
 
 
 def _operator_rows(adj: Tensor, rows: Tensor) -> Tensor:

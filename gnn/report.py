@@ -863,10 +863,12 @@ def tuning_markdown(outcomes: Sequence[TuneOutcome], meta: Mapping[str, Any]) ->
         "## Search spaces", "", *spaces, ""])
 
 
-def tuning_documents(outcomes: Sequence[TuneOutcome],
-                     meta: Mapping[str, Any]) -> dict[str, bytes]:
+def tuning_documents(outcomes: Sequence[TuneOutcome], meta: Mapping[str, Any],
+                     earlier: Mapping[str, Any] | None = None) -> dict[str, bytes]:
     """``tuning.md``, ``trials.csv``, and ``best/NAME.yaml`` + ``best/tuning.json``, by path
-    relative to the output folder."""
+    relative to the output folder. ``tuning.md`` and ``trials.csv`` describe this call's
+    models; ``best/`` keeps the configs of models tuned into the same folder before
+    (``earlier``: the ``tuning.json`` there), so ``tuning.json`` keeps their records too."""
     import json
 
     files = {TUNING_MD: tuning_markdown(outcomes, meta).encode(),
@@ -875,6 +877,7 @@ def tuning_documents(outcomes: Sequence[TuneOutcome],
     for o in tuned:
         files[f"best/{o.job.name}.yaml"] = tuned_config_yaml(o).encode()
     if tuned:
-        files[TUNING_JSON] = (json.dumps(tuning_record(tuned), indent=2, sort_keys=True)
-                              + "\n").encode()
+        record = tuning_record(tuned)
+        record["models"] = {**(earlier or {}).get("models", {}), **record["models"]}
+        files[TUNING_JSON] = (json.dumps(record, indent=2, sort_keys=True) + "\n").encode()
     return files

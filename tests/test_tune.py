@@ -201,6 +201,20 @@ def test_resuming_never_exceeds_the_budget_and_can_extend_it(
     assert [int(r["trial"]) for r in rows] == [0, 1, 2, 3]
 
 
+def test_models_tuned_one_call_at_a_time_all_stay_recorded(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``best/tuning.json`` (what the bench report says was tuned) keeps the models of earlier
+    calls into the same folder; tuning.md and trials.csv describe the call that wrote them."""
+    configs, out = write_tiny(tmp_path / "configs", ("gcn", "mlp")), tmp_path / "out"
+    for name in ("gcn", "mlp"):
+        assert main(["tune", "--models", name, "--configs", str(configs), "--out", str(out),
+                     "--trials", "2"]) == 0
+    record = json.loads((out / "best" / "tuning.json").read_text())
+    assert sorted(record["models"]) == ["gcn", "mlp"]
+    assert sorted(p.name for p in (out / "best").glob("*.yaml")) == ["gcn.yaml", "mlp.yaml"]
+    assert {r["model"] for r in csv.DictReader((out / "trials.csv").open())} == {"mlp"}
+
+
 def test_a_trial_trains_every_split_and_seed(tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     configs, out = write_tiny(tmp_path / "configs"), tmp_path / "out"
