@@ -59,12 +59,13 @@ from gnn.training import FitResult, History, fit, resolve_device, set_seed, vers
 BATCHABLE = ("mlp", "gcn", "sage", "appnp")
 MAX_MEMBERS = 1_000_000
 #: ``auto`` keeps ``members x hidden_channels`` at most this wide on a CPU. Measured on the
-#: 2-core development CPU (Cora, 20 seeds of 200 epochs, against 20 standalone fits): GCN (16
-#: hidden) 2.7x with one thread at 10 or 20 members, 3.2x at 10 and 3.6x at 20 with two; MLP
-#: (64 hidden) 1.9x (one thread) and 2.5x (two) at 4 members but 1.4x and 2.0x at 20; GraphSAGE
-#: 1.3x at 4 and 1.0x at 20. Wider stacked activations leave the caches: the first layer's CSR
-#: product then reads a long row of the stacked weights per stored feature.
-AUTO_WIDTH = 320
+#: 2-core development CPU (Cora, 20 seeds of 200 epochs, two threads, against 20 standalone
+#: fits): GCN (16 hidden) 6.0x at 20 members; MLP (64 hidden, only the rows read) 8.2x at 5
+#: and 13.5x at 20; GraphSAGE (64) 3.1x at 5 and 2.3x at 20; APPNP (64) 2.7x at 5 and 2.3x
+#: at 20. Wider stacked activations leave the caches: the first layer's CSR product then reads
+#: a long row of the stacked weights per stored feature; the MLP's product has 140 rows.
+AUTO_WIDTH = {"mlp": 1280}
+DEFAULT_AUTO_WIDTH = 320
 
 
 def sequential_reason(cfg: Config) -> str | None:
@@ -106,7 +107,8 @@ def resolve_members(requested: str | int, runs: int, cfg: Config, data: Data) ->
     free = available_bytes(torch.device(cfg.train.device))
     if requested == "auto":
         cap = min(free // 2 // max(per_member, 1),
-                  max(1, AUTO_WIDTH // cfg.model.hidden_channels))
+                  max(1, AUTO_WIDTH.get(cfg.model.name, DEFAULT_AUTO_WIDTH)
+                      // cfg.model.hidden_channels))
         if cfg.train.device != "cpu":  # a GPU step is launch-bound: as many as fit
             cap = free // 2 // max(per_member, 1)
         groups = math.ceil(runs / max(1, min(cap, MAX_MEMBERS)))
