@@ -117,8 +117,8 @@ def test_gcnii_decays_convolutions_and_linear_layers_apart(cora: Data) -> None:
 
 
 def test_gcnii_gate_shortened(cora: Data) -> None:
-    """The shipped recipe with 16 layers and 200 epochs (the 64-layer, 1000-epoch figure over
-    10 seeds is in docs/results.md): a deep model that trains."""
+    """The shipped recipe with 16 layers and 200 epochs (the 64-layer figure over 10 seeds is
+    in docs/results.md): a deep model that trains."""
     cfg = config("gcnii", **{"model.num_layers": 16, "train.epochs": 200})
     accs = [fit(cfg.override({"train.seed": s}), cora).test_acc for s in range(2)]
     print(f"\ngcnii (16 layers, 200 epochs): test_acc {statistics.fmean(accs):.4f}")
