@@ -15,10 +15,12 @@ import torch
 from gnn.config import load_config
 from gnn.data import load_dataset
 from gnn.members import fit_many, resolve_members
+from gnn.memory import keep_freed_memory
 from gnn.training import fit
 
 
 def main(threads: int, names: list[str]) -> None:
+    keep_freed_memory()  # as the gnn command does
     torch.set_num_threads(threads)
     data = load_dataset(load_config("configs/gcn.yaml").data)
     for name in names:

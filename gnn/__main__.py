@@ -26,6 +26,9 @@ def run() -> None:
     signal.signal(signal.SIGINT, _stop_early)
     signal.signal(signal.SIGTERM, _stop_early)
     from gnn.cli import main
+    from gnn.memory import keep_freed_memory
+
+    keep_freed_memory()
 
     code = main()
     if code in EXIT_STOPPED:

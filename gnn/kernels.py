@@ -112,6 +112,51 @@ def propagate(adj: Tensor, h: Tensor, bias: Tensor | None = None) -> Tensor:
     return torch.addmm(bias, adj, h)
 
 
+class _PersonalizedPageRank(torch.autograd.Function):
+    """``K`` steps of ``out = (1 - alpha) A out + alpha h`` (the last one through ``last``, the
+    operator's rows that are read) as one autograd node: each step, forward and backward, is
+    one fused ``addmm``, and nothing is saved between steps. Unrolled under autograd every step
+    was a product, two scalings and an add with their own backward nodes: about 2.5x the cost.
+
+    The backward is the same recurrence with the transposes: with ``u = (1 - alpha)
+    last^T g``, ``K - 1`` steps of ``t = (1 - alpha) A^T t + alpha u`` give the gradient that
+    reaches ``h`` through the steps (Horner's scheme for ``alpha (I + B + ... + B^(K-2)) u +
+    B^(K-1) u`` with ``B = (1 - alpha) A^T``), to which the last step's own ``alpha g`` is
+    added at ``rows``."""
+
+    @staticmethod
+    def forward(ctx: Any, h: Tensor, adj: Tensor, last: Tensor, rows: Tensor | None, K: int,
+                alpha: float) -> Tensor:
+        out = h
+        for _ in range(K - 1):
+            out = torch.addmm(h, adj, out, beta=alpha, alpha=1 - alpha)
+        teleport = h if rows is None else h.index_select(0, rows)
+        ctx.adj, ctx.last, ctx.rows, ctx.K, ctx.alpha = adj, last, rows, K, alpha
+        return torch.addmm(teleport, last, out, beta=alpha, alpha=1 - alpha)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None, None, None]:
+        alpha, grad = ctx.alpha, grad.contiguous()
+        u = torch.sparse.mm(ctx.last.gnn_transpose, grad).mul_(1 - alpha)
+        t = u
+        for _ in range(ctx.K - 1):
+            t = torch.addmm(u, ctx.adj.gnn_transpose, t, beta=alpha, alpha=1 - alpha)
+        if ctx.rows is None:
+            return t.add_(grad, alpha=alpha), None, None, None, None, None
+        return t.index_add_(0, ctx.rows, grad, alpha=alpha), None, None, None, None, None
+
+
+def personalized_pagerank(adj: Tensor, h: Tensor, K: int, alpha: float,
+                          rows: Tensor | None = None, last: Tensor | None = None) -> Tensor:
+    """APPNP's propagation of ``h [N, C]`` over the CSR operator ``adj`` (its transpose
+    attached by :func:`with_transpose`): ``K`` steps of personalised PageRank with teleport
+    ``alpha``. With ``rows`` only those rows of the result are computed, the last step reading
+    ``last``, the operator's rows ``rows`` (with their transpose attached)."""
+    if K == 0:
+        return h if rows is None else h.index_select(0, rows)
+    return _PersonalizedPageRank.apply(h, adj, adj if last is None else last, rows, K, alpha)
+
+
 def _contiguous_transpose(weight: Tensor) -> Tensor:
     return weight.t().contiguous()
 

@@ -46,6 +46,7 @@ from gnn.kernels import (
     gcn_operator,
     linear,
     mean_operator,
+    personalized_pagerank,
     propagate,
     with_transpose,
 )
@@ -60,10 +61,10 @@ BATCHABLE = ("mlp", "gcn", "sage", "appnp")
 MAX_MEMBERS = 1_000_000
 #: ``auto`` keeps ``members x hidden_channels`` at most this wide on a CPU. Measured on the
 #: 2-core development CPU (Cora, 20 seeds of 200 epochs, two threads, against 20 standalone
-#: fits): GCN (16 hidden) 6.0x at 20 members; MLP (64 hidden, only the rows read) 8.2x at 5
-#: and 13.5x at 20; GraphSAGE (64) 3.1x at 5 and 2.3x at 20; APPNP (64) 2.7x at 5 and 2.3x
-#: at 20. Wider stacked activations leave the caches: the first layer's CSR product then reads
-#: a long row of the stacked weights per stored feature; the MLP's product has 140 rows.
+#: fits): GCN (16 hidden) 6.3x at 20 members; MLP (64 hidden, only the rows read) 8.2x at 5
+#: and 13.1x at 20; GraphSAGE (64) 3.0x at 5 and at 20; APPNP (64, member-major) 3.6x at 5
+#: and at 20. Wider stacked activations leave the caches: the first layer's CSR product then
+#: reads a long row of the stacked weights per stored feature; the MLP's product has 140 rows.
 AUTO_WIDTH = {"mlp": 1280}
 DEFAULT_AUTO_WIDTH = 320
 
@@ -143,16 +144,18 @@ class StackedModel(nn.Module):
         self.shells: list[nn.Module | None] = [model.cpu() for model in models]
         self.dropout = cfg.model.dropout
         self.K, self.alpha = cfg.model.K, cfg.model.alpha
+        # APPNP runs member-major (see _appnp): its layer 0 is stored like the later layers
+        self.member_major = self.name == "appnp"
         layers = [_layer_tensors(self.name, m) for m in models]
         self.weights = nn.ParameterList()
         self.roots = nn.ParameterList()  # GraphSAGE's root weights (lin_r), same layouts
         self.biases = nn.ParameterList()
         for i in range(len(layers[0])):
             w, b, r = zip(*(member_layers[i] for member_layers in layers), strict=True)
-            self.weights.append(nn.Parameter(_stack(w, first=i == 0)))
+            self.weights.append(nn.Parameter(_stack(w, first=self._side_by_side(i))))
             self.biases.append(nn.Parameter(torch.stack(b).reshape(-1)))
             if r[0] is not None:
-                self.roots.append(nn.Parameter(_stack(r, first=i == 0)))
+                self.roots.append(nn.Parameter(_stack(r, first=self._side_by_side(i))))
         # the graph's operator and the input pattern's transpose, built once per graph; the
         # operator's and the input's rows that training and evaluation read
         self.graph_cache, self.pattern_cache = GraphCache(), GraphCache()
@@ -165,11 +168,11 @@ class StackedModel(nn.Module):
         alone: an MLP then computes only those rows, a GCN or GraphSAGE each layer only the
         rows the next one reads (:class:`ReceptiveRows`), and APPNP's last propagation reaches
         those rows only; the loss's gradient is not scattered back into all N rows."""
+        if self.name == "appnp":
+            return self._appnp(x, edge_index, rows)
         n = x.size(0)
         if self.name == "mlp" and rows is not None:
             x, n, rows = self._rows(x, rows), len(rows), None
-        if self.name == "appnp":
-            x = _member_dropout(x, self.dropout, self.training, self.members)
         plan = None
         if rows is not None and self.name in ("gcn", "sage"):
             adj = self.graph_cache.get(edge_index, self._build_operator, n)
@@ -181,15 +184,47 @@ class StackedModel(nn.Module):
             h = self._layer(i, h, edge_index, n) if plan is None else \
                 self._planned_layer(i, h, plan)
             if i < last:
-                h = _dropout(torch.relu(h), self.dropout, self.training)
-        if self.name == "appnp":
-            h = self._personalized_pagerank(h, edge_index, n, rows)
+                h = _relu_dropout(h, self.dropout, self.training)
         return h.view(h.size(0), self.members, -1)
+
+    def _side_by_side(self, i: int) -> bool:
+        """Whether layer ``i``'s weights are stored ``[in, M * out]`` (else ``[M, in, out]``)."""
+        return i == 0 and not self.member_major
+
+    def _appnp(self, x: Tensor, edge_index: Tensor, rows: Tensor | None) -> Tensor:
+        """APPNP's members member-major: the MLP's activations ``[M, N, hidden]``, so that
+        each member's first-layer product writes, and its backward reads, one contiguous
+        block, and ReLU, dropout and the next layer's ``baddbmm`` read them in place (side by
+        side, ``[N, M * hidden]``, the transposes around ``bmm`` copied the widest tensor of
+        the step several times). The logits then go side by side, ``[N, M * classes]``, for
+        the propagation's sparse products."""
+        n, members = x.size(0), self.members
+        x = _member_dropout(x, self.dropout, self.training, members)
+        h = self._member_first_layer(x)
+        for i in range(1, len(self.weights)):
+            h = _relu_dropout(h, self.dropout, self.training)
+            h = torch.baddbmm(self.biases[i].view(members, 1, -1), h, self.weights[i])
+        logits = h.transpose(0, 1).reshape(n, -1)
+        adj = self.graph_cache.get(edge_index, self._build_operator, n)
+        last = None if rows is None else self._operator(edge_index, n, rows)
+        out = personalized_pagerank(adj, logits, self.K, self.alpha, rows, last)
+        return out.view(out.size(0), members, -1)
+
+    def _member_first_layer(self, x: Tensor | MemberCSR) -> Tensor:
+        """Member-major layer 0, ``[M, N, out]``, for CSR features (with or without each
+        member's dropout) or dense ones (``[N, F]``, or ``[M, N, F]`` with dropout)."""
+        w, bias = self.weights[0], self.biases[0].view(self.members, 1, -1)
+        if isinstance(x, Tensor) and x.layout == torch.sparse_csr:
+            x = MemberCSR(x, x.values().expand(self.members, -1))
+        if isinstance(x, MemberCSR):
+            transpose = self.pattern_cache.get(x.pattern, _pattern_transpose)
+            return _MemberCSRProduct.apply(x, transpose, w, bias.view(-1))
+        return torch.baddbmm(bias, x.expand(self.members, -1, -1) if x.dim() == 2 else x, w)
 
     def _layer(self, i: int, h: Tensor, edge_index: Tensor, n: int) -> Tensor:
         """Layer ``i`` for every node."""
         bias = self.biases[i]
-        if self.name in ("mlp", "appnp"):
+        if self.name == "mlp":
             return self._linear(i, h, self.weights) + bias
         adj = self._operator(edge_index, n, None)
         out = propagate(adj, self._linear(i, h, self.weights), bias)
@@ -217,17 +252,6 @@ class StackedModel(nn.Module):
     def _build_operator(self, edge_index: Tensor, n: int) -> Tensor:
         return (mean_operator if self.name == "sage" else gcn_operator)(edge_index, n)
 
-    def _personalized_pagerank(self, h: Tensor, edge_index: Tensor, n: int,
-                               rows: Tensor | None) -> Tensor:
-        """APPNP's K steps; with ``rows``, the last one to those rows only."""
-        out = h
-        for step in range(self.K):
-            last = rows is not None and step == self.K - 1
-            adj = self._operator(edge_index, n, rows if last else None)
-            out = (1 - self.alpha) * propagate(adj, out) \
-                + self.alpha * (h.index_select(0, rows) if last else h)
-        return out if rows is None or self.K else h.index_select(0, rows)
-
     def _operator(self, edge_index: Tensor, n: int, rows: Tensor | None) -> Tensor:
         """The model's propagation operator, or its rows ``rows`` (cached per mode: training
         and evaluation read different rows)."""
@@ -244,12 +268,6 @@ class StackedModel(nn.Module):
         """Every member's ``h_m @ W_m``: one (CSR) product for layer 0, one bmm after."""
         w = weights[i]
         if i == 0:
-            if isinstance(h, MemberCSR):  # per-member input dropout on CSR features
-                transpose = self.pattern_cache.get(h.pattern, _pattern_transpose)
-                return _MemberCSRProduct.apply(h, transpose, w)
-            if h.dim() == 3:  # per-member input dropout on dense features
-                return torch.bmm(h, w.view(w.size(0), self.members, -1).transpose(0, 1)) \
-                    .transpose(0, 1).reshape(h.size(1), -1)
             return linear(h, w.t(), None, self) if h.layout == torch.sparse_csr \
                 else h @ w
         n = h.size(0)
@@ -260,10 +278,12 @@ class StackedModel(nn.Module):
         """Member ``m``'s weights as the standalone model's state dict."""
         state = {}
         for i, (w_name, b_name, r_name) in enumerate(_names(self.name, len(self.weights))):
-            state[w_name] = _unstack(self.weights[i], m, self.members, i == 0).t()
+            state[w_name] = _unstack(self.weights[i], m, self.members,
+                                     self._side_by_side(i)).t()
             state[b_name] = self.biases[i].view(self.members, -1)[m]
             if r_name is not None:
-                state[r_name] = _unstack(self.roots[i], m, self.members, i == 0).t()
+                state[r_name] = _unstack(self.roots[i], m, self.members,
+                                         self._side_by_side(i)).t()
         return {k: v.detach().clone().contiguous() for k, v in state.items()}
 
     def release(self, m: int) -> nn.Module:
@@ -363,38 +383,42 @@ def _unstack(weight: Tensor, m: int, members: int, first: bool) -> Tensor:
     return weight[m]
 
 
-def _dropout(h: Tensor, p: float, training: bool) -> Tensor:
-    """Dropout whose mask comes from random bytes, three per 32-bit draw: drawing the random
-    numbers was the largest cost of a batched step (``bernoulli_`` 8.5 ms, ``rand`` 2.9 ms
-    for Cora's 20 x 16 hidden columns, bytes 1.3 ms). The drop probability is therefore
-    ``p`` rounded to a multiple of 1/256 (0.5 exactly). Members' columns get independent
-    masks."""
+def _relu_dropout(h: Tensor, p: float, training: bool) -> Tensor:
+    """ReLU, then dropout, as one mask: ``h * ((h > 0) & keep) / (1 - p)`` is what the two
+    give, and it costs one element-wise product forward and one backward where the pair cost
+    three (a ReLU, its backward and the mask's product with its backward, each a pass over
+    the widest tensor of the step). The mask comes from random bytes, seven per 64-bit draw:
+    drawing the random numbers was the largest cost of a batched step (``bernoulli_`` 8.5 ms,
+    ``rand`` 2.9 ms for Cora's 20 x 16 hidden columns, bytes 1.3 ms). The drop probability is
+    therefore ``p`` rounded to a multiple of 1/256 (0.5 exactly). Members' columns get
+    independent masks."""
     if not training or p == 0.0:
-        return h
+        return torch.relu(h)
     threshold = round(p * 256)
-    keep = _random_bytes(h.numel(), h.device).view(h.shape) >= threshold
+    keep = (_random_bytes(h.numel(), h.device).view(h.shape) >= threshold) & (h > 0)
     return h * keep.to(h.dtype).mul_(256.0 / (256 - threshold))
 
 
 def _random_bytes(count: int, device: torch.device) -> Tensor:
-    """``count`` uniform random bytes: the three low bytes of 31-bit random integers (the top
+    """``count`` uniform random bytes: the seven low bytes of 63-bit random integers (the top
     byte holds only seven random bits)."""
-    words = torch.empty(count // 3 + 1, 4, dtype=torch.uint8, device=device)
-    words.view(torch.int32).random_()
-    return words[:, :3].reshape(-1)[:count]
+    words = torch.empty(count // 7 + 1, 8, dtype=torch.uint8, device=device)
+    words.view(torch.int64).random_()
+    return words[:, :7].reshape(-1)[:count]
 
 
 def _member_dropout(x: Tensor, p: float, training: bool, members: int) -> Tensor | MemberCSR:
-    """Input-feature dropout with its own mask per member: for a CSR input the members' values
-    ``[M, nnz]`` (:class:`MemberCSR`); a dense input becomes ``[M, N, F]``."""
+    """Input-feature dropout with its own mask per member (from random bytes, as
+    :func:`_dropout`): for a CSR input the members' values ``[M, nnz]`` (:class:`MemberCSR`);
+    a dense input becomes ``[M, N, F]``."""
     if not training or p == 0.0:
         return x
-    if x.layout == torch.sparse_csr:
-        values = x.values()
-        keep = torch.rand(members, values.numel(), device=values.device) >= p
-        return MemberCSR(x, values * keep * (1.0 / (1.0 - p)))
-    keep = torch.rand(members, *x.shape, device=x.device) >= p
-    return x.unsqueeze(0) * keep * (1.0 / (1.0 - p))
+    values = x.values() if x.layout == torch.sparse_csr else x
+    threshold = round(p * 256)
+    keep = _random_bytes(members * values.numel(), values.device) \
+        .view(members, *values.shape) >= threshold
+    dropped = values * keep.to(values.dtype).mul_(256.0 / (256 - threshold))
+    return MemberCSR(x, dropped) if x.layout == torch.sparse_csr else dropped
 
 
 @dataclass
@@ -406,33 +430,39 @@ class MemberCSR:
 
 
 class _MemberCSRProduct(torch.autograd.Function):
-    """Every member's ``X_m @ W_m`` for CSR ``X_m`` sharing one pattern: one sparse product
-    per member forward and backward; the backward's transposes are the pattern's cached
-    transpose with the member's values permuted, not a transpose per member and step."""
+    """Every member's ``X_m @ W_m + b_m``, member-major ``[M, N, out]``, for CSR ``X_m``
+    sharing one pattern: one sparse product per member, forward and backward, each reading
+    its member's contiguous weight and writing a contiguous block. One product with every
+    member's weights side by side (``[in, M * out]``) reads rows too long to stay in cache:
+    on Cora at 20 x 64 it took 3.5 ms against 20 x 0.09 ms. The backward's transposes are
+    the pattern's cached transpose with the member's values permuted, not a transpose per
+    member and step."""
 
     @staticmethod
     def forward(ctx: Any, x: MemberCSR, transpose: tuple[Tensor, Tensor, Tensor],
-                weight: Tensor) -> Tensor:
-        members = x.values.size(0)
-        blocks = weight.view(weight.size(0), members, -1)
+                weight: Tensor, bias: Tensor) -> Tensor:
+        members = weight.size(0)
         crow, col = x.pattern.crow_indices(), x.pattern.col_indices()
-        outs = [torch.sparse.mm(torch.sparse_csr_tensor(crow, col, x.values[m],
-                                                        x.pattern.shape),
-                                blocks[:, m].contiguous()) for m in range(members)]
+        out = weight.new_empty(members, x.pattern.size(0), weight.size(2))
+        biases = bias.view(members, -1)
+        for m in range(members):
+            member_x = torch.sparse_csr_tensor(crow, col, x.values[m], x.pattern.shape)
+            torch.addmm(biases[m], member_x, weight[m], out=out[m])
         ctx.x, ctx.transpose = x, transpose
-        return torch.cat(outs, dim=1)
+        return out
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[None, None, Tensor]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[None, None, Tensor, Tensor]:
         x, (t_crow, t_col, order) = ctx.x, ctx.transpose
-        members = x.values.size(0)
+        grad = grad.contiguous()
+        members = grad.size(0)
         shape = (x.pattern.size(1), x.pattern.size(0))
-        blocks = grad.view(grad.size(0), members, -1)
-        grads = [torch.sparse.mm(torch.sparse_csr_tensor(t_crow, t_col,
-                                                         x.values[m].index_select(0, order),
-                                                         shape), blocks[:, m].contiguous())
-                 for m in range(members)]
-        return None, None, torch.cat(grads, dim=1)
+        grad_weight = grad.new_empty(members, shape[0], grad.size(2))
+        for m in range(members):
+            member_t = torch.sparse_csr_tensor(t_crow, t_col, x.values[m].index_select(0, order),
+                                               shape)
+            torch.mm(member_t, grad[m], out=grad_weight[m])
+        return None, None, grad_weight, grad.sum(1).view(-1)
 
 
 def _pattern_transpose(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -35,6 +35,7 @@ from gnn.kernels import (
     gcn_operator,
     linear,
     mean_operator,
+    personalized_pagerank,
     propagate,
 )
 
@@ -231,10 +232,7 @@ class APPNP(MLP):
         h = super().forward(feature_dropout(x, dropout, self.training))
         if self.fast:
             adj = self.graph_cache.get(edge_index, gcn_operator, x.size(0))
-            out, alpha = h, self.prop.alpha
-            for _ in range(self.prop.K):
-                out = (1 - alpha) * propagate(adj, out) + alpha * h
-            return out
+            return personalized_pagerank(adj, h, self.prop.K, self.prop.alpha)
         ei, w = gcn_norm(edge_index, None, x.size(0), add_self_loops=True)
         return self.prop(h, ei, w)
 

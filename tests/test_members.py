@@ -111,8 +111,8 @@ def test_rows_of_a_stacked_model_equal_its_full_forward(name: str, layers: int, 
 
 
 def test_member_csr_product_and_gradient_equal_dense() -> None:
-    """Per-member input dropout on CSR features: each member's product and weight gradient
-    equal the dense computation."""
+    """Per-member input dropout on CSR features: each member's product ``[M, N, out]`` and
+    its weight and bias gradients equal the dense computation."""
     from gnn.members import MemberCSR, _MemberCSRProduct, _pattern_transpose
 
     generator = torch.Generator().manual_seed(0)
@@ -120,20 +120,20 @@ def test_member_csr_product_and_gradient_equal_dense() -> None:
                                                        < 0.2)
     x = dense.to_sparse_csr()
     values = torch.rand(3, x.values().numel(), generator=generator)
-    weight = torch.randn(12, 3 * 4, generator=generator, requires_grad=True)
-    out = _MemberCSRProduct.apply(MemberCSR(x, values), _pattern_transpose(x), weight)
+    weight = torch.randn(3, 12, 4, generator=generator, requires_grad=True)
+    bias = torch.randn(3 * 4, generator=generator, requires_grad=True)
+    out = _MemberCSRProduct.apply(MemberCSR(x, values), _pattern_transpose(x), weight, bias)
     grad = torch.randn_like(out)
     out.backward(grad)
     ref_weight = weight.detach().clone().requires_grad_()
-    blocks = []
-    for m in range(3):
-        x_m = torch.sparse_csr_tensor(x.crow_indices(), x.col_indices(), values[m],
-                                      x.shape).to_dense()
-        blocks.append(x_m @ ref_weight.view(12, 3, 4)[:, m])
-    ref = torch.cat(blocks, dim=1)
+    ref_bias = bias.detach().clone().requires_grad_()
+    ref = torch.stack([torch.sparse_csr_tensor(x.crow_indices(), x.col_indices(), values[m],
+                                               x.shape).to_dense() @ ref_weight[m]
+                       for m in range(3)]) + ref_bias.view(3, 1, 4)
     ref.backward(grad)
     torch.testing.assert_close(out, ref)
     torch.testing.assert_close(weight.grad, ref_weight.grad)
+    torch.testing.assert_close(bias.grad, ref_bias.grad)
 
 
 def _device_path(cfg: Config, model: members.StackedModel, optimizer: torch.optim.Optimizer,
