@@ -219,7 +219,11 @@ class StackedModel(nn.Module):
         if isinstance(x, MemberCSR):
             transpose = self.pattern_cache.get(x.pattern, _pattern_transpose)
             return _MemberCSRProduct.apply(x, transpose, w, bias.view(-1))
-        return torch.baddbmm(bias, x.expand(self.members, -1, -1) if x.dim() == 2 else x, w)
+        if x.dim() == 3:  # each member's own (dropped) dense features
+            return torch.baddbmm(bias, x, w)
+        # shared dense features: one GEMM with the members side by side, seen member-major
+        side = torch.addmm(bias.view(-1), x, w.transpose(0, 1).reshape(x.size(1), -1))
+        return side.view(x.size(0), self.members, -1).transpose(0, 1)
 
     def _layer(self, i: int, h: Tensor, edge_index: Tensor, n: int) -> Tensor:
         """Layer ``i`` for every node."""

@@ -50,13 +50,24 @@ def assert_weights_close(ours: Tensor, theirs: Tensor, device: torch.device) -> 
     assert float((ours - theirs).abs().max()) <= 0.02, "more than two Adam steps apart"
 
 
-@pytest.mark.parametrize("name", BATCHABLE)
-def test_member_equals_its_standalone_fit(name: str, cora: Data, device: torch.device) -> None:
+#: (model, data.sparse_features) pairs of the exactness test: CSR features (``auto`` on Cora)
+#: for every batched model, dense ones too where the batched first layer is the standalone's
+#: product. The MLP's batched dense product reads the training rows alone, a GEMM of another
+#: shape that rounds otherwise: on one thread a ReLU unit of seed 2 then forks at epoch 17
+#: (losses within 2.4e-7 before, 4e-5 after), so its weights are no longer comparable.
+EXACT_CASES = [(name, "auto") for name in BATCHABLE] + [
+    (name, "never") for name in BATCHABLE if name != "mlp"]
+
+
+@pytest.mark.parametrize(("name", "features"), EXACT_CASES)
+def test_member_equals_its_standalone_fit(name: str, features: str, cora: Data,
+                                          device: torch.device) -> None:
     """Dropout 0, same initial weights (drawn from each member's seed as fit draws them):
     per-epoch losses, selected epoch, accuracies and final weights agree within float32
-    rounding."""
+    rounding, with CSR features (``auto`` on Cora) and with dense ones."""
     cfg = load_config(CONFIGS / f"{name}.yaml").override(
-        {"model.dropout": 0.0, "train.epochs": 30, "train.device": device.type})
+        {"model.dropout": 0.0, "train.epochs": 30, "train.device": device.type,
+         "data.sparse_features": features})
     seeds = [0, 1, 2]
     batched = fit_members(cfg, seeds, cora)
     worst = 0.0
@@ -229,16 +240,18 @@ def test_members_follow_their_own_masks(cora: Data) -> None:
     assert batched[0].history.train_loss != pytest.approx(batched[1].history.train_loss)
 
 
-def test_dropout_members_match_sequential_seeds(cora: Data, device: torch.device) -> None:
+@pytest.mark.parametrize("name", BATCHABLE)
+def test_dropout_members_match_sequential_seeds(name: str, cora: Data,
+                                                device: torch.device) -> None:
     """With dropout, members draw other masks than standalone runs: 20 of each must agree in
     distribution (test-accuracy means within 0.5 point, Welch p > 0.01)."""
-    cfg = load_config(CONFIGS / "gcn.yaml").override({"train.device": device.type})
+    cfg = load_config(CONFIGS / f"{name}.yaml").override({"train.device": device.type})
     seeds = list(range(20))
     batched = [r.test_acc for r in fit_members(cfg, seeds, cora)]
     alone = [fit(cfg.override({"train.seed": s}), cora).test_acc for s in seeds]
     gap = statistics.fmean(batched) - statistics.fmean(alone)
     p = float(ttest_ind(batched, alone, equal_var=False).pvalue)
-    print(f"\n20 GCN members {statistics.fmean(batched):.4f} ± {statistics.stdev(batched):.4f}"
+    print(f"\n20 {name} members {statistics.fmean(batched):.4f} ± {statistics.stdev(batched):.4f}"
           f", 20 sequential {statistics.fmean(alone):.4f} ± {statistics.stdev(alone):.4f}, "
           f"gap {gap:+.4f}, Welch p {p:.3f}")
     assert abs(gap) <= 0.005 and p > 0.01
