@@ -636,29 +636,26 @@ class MemberBatch:
 def _train_members(cfg: Config, model: StackedModel, optimizer: torch.optim.Optimizer,
                    seen: Data, masks: MemberMasks, device: torch.device,
                    ) -> tuple[MemberSelection, Timer]:
-    b = MemberBatch.build(cfg, seen, masks, device)
-    if device.type == "cuda":
-        return _train_members_on_device(cfg, DeviceSteps(cfg, model, optimizer, b), device)
-    sel, loop = MemberSelection(model.members), Timer(device)
-    sel.best_state = [p.detach().clone() for p in model.parameters()]
-    evals = set(_eval_epochs(cfg))
+    """The run's epochs: a training step each, an evaluation on the evaluation epochs. The
+    steps keep their logs and the selection on the device (:class:`DeviceSteps`), so on a GPU
+    they are captured once in CUDA graphs and replayed; elsewhere they run as they are."""
+    steps = DeviceSteps(cfg, model, optimizer, MemberBatch.build(cfg, seen, masks, device))
+    train, evaluate = steps.train_step, steps.eval_step
+    if device.type == "cuda" and cfg.train.cuda_graph:
+        try:
+            train, evaluate = capture_steps(steps)
+        except RuntimeError as exc:  # an operation the graph cannot hold: run eagerly
+            warnings.warn(f"train.cuda_graph: capture failed, members train eagerly "
+                          f"({str(exc).splitlines()[0]})", stacklevel=2)
+            torch.cuda.synchronize(device)
+            steps.reset()
+    evals, loop = set(steps.eval_epochs), Timer(device)
     for epoch in range(1, cfg.train.epochs + 1):
         with loop:
-            model.train()
-            optimizer.zero_grad(set_to_none=True)
-            losses = member_losses(model(b.x, b.edge_index, b.rows), b.y_train, b.train)
-            losses.sum().backward()
-            optimizer.step()
-        if not bool(torch.isfinite(losses).all()):
-            raise TrainingError(f"non-finite loss at epoch {epoch} (member "
-                                f"{int((~torch.isfinite(losses)).nonzero()[0])})")
-        if epoch not in evals:
-            continue
-        pred = _predict(model, b.x, b.edge_index, b.seen_rows).argmax(-1)
-        _select(model, sel, epoch, losses.detach().cpu(),
-                member_accuracy(pred, b.y_seen, b.train_seen).cpu(),
-                member_accuracy(pred, b.y_seen, b.val_seen).cpu())
-    return sel, loop
+            train()
+        if epoch in evals:
+            evaluate()
+    return steps.selection(), loop
 
 
 def _eval_epochs(cfg: Config) -> range | list[int]:
@@ -670,15 +667,15 @@ def _eval_epochs(cfg: Config) -> range | list[int]:
 
 
 # --------------------------------------------------------------------------------------------
-# On a GPU: the steps as device work alone, captured in CUDA graphs
+# The steps as device work alone (on a GPU captured in CUDA graphs)
 
 
 class DeviceSteps:
-    """A batched run's training step and evaluation as GPU work alone. The epoch counter, the
-    logs and the selection (best validation accuracy, epoch and weights) live on the device
-    and nothing is read back before the run ends, so both steps can be captured once in CUDA
-    graphs and replayed: an eager step is a few hundred kernel launches, bound by the host,
-    whatever the member count."""
+    """A batched run's training step and evaluation as device work alone. The epoch counter,
+    the logs and the selection (best validation accuracy, epoch and weights) live on the
+    device and nothing is read back before the run ends, so on a GPU both steps can be
+    captured once in CUDA graphs and replayed (an eager step is a few hundred kernel launches,
+    bound by the host, whatever the member count); a CPU runs the same steps as they are."""
 
     def __init__(self, cfg: Config, model: StackedModel, optimizer: torch.optim.Optimizer,
                  batch: MemberBatch) -> None:
@@ -776,52 +773,11 @@ def capture_steps(steps: DeviceSteps) -> tuple[Any, Any]:
     return train.replay, evaluate.replay
 
 
-def _train_members_on_device(cfg: Config, steps: DeviceSteps, device: torch.device,
-                             ) -> tuple[MemberSelection, Timer]:
-    train, evaluate = steps.train_step, steps.eval_step
-    if cfg.train.cuda_graph:
-        try:
-            train, evaluate = capture_steps(steps)
-        except RuntimeError as exc:  # an operation the graph cannot hold: run eagerly
-            warnings.warn(f"train.cuda_graph: capture failed, members train eagerly "
-                          f"({str(exc).splitlines()[0]})", stacklevel=2)
-            torch.cuda.synchronize(device)
-            steps.reset()
-    evals, loop = set(steps.eval_epochs), Timer(device)
-    for epoch in range(1, cfg.train.epochs + 1):
-        with loop:
-            train()
-        if epoch in evals:
-            evaluate()
-    return steps.selection(), loop
-
-
 def _predict(model: StackedModel, x: Tensor, edge_index: Tensor,
              rows: Tensor | None = None) -> Tensor:
     model.eval()
     with torch.inference_mode():
         return model(x, edge_index, rows)
-
-
-def _select(model: StackedModel, sel: MemberSelection, epoch: int, losses: Tensor,
-            train_acc: Tensor, val_acc: Tensor) -> None:
-    """Log the epoch for every member and keep the weights of those that improved."""
-    for m, history in enumerate(sel.histories):
-        history.epoch.append(epoch)
-        history.train_loss.append(float(losses[m]))
-        history.train_acc.append(float(train_acc[m]))
-        history.val_acc.append(float(val_acc[m]))
-    improved = val_acc > sel.best_val
-    if not bool(improved.any()):
-        return
-    sel.best_val = torch.where(improved, val_acc, sel.best_val)
-    for m in improved.nonzero().view(-1).tolist():
-        sel.best_epoch[m] = epoch
-    index = improved.nonzero().view(-1)
-    with torch.no_grad():
-        for best, p in zip(sel.best_state, model.parameters(), strict=True):
-            ours, theirs = _by_member(best, model.members), _by_member(p, model.members)
-            ours.index_copy_(1, index.to(p.device), theirs.index_select(1, index.to(p.device)))
 
 
 def _by_member(p: Tensor, members: int) -> Tensor:
