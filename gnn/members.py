@@ -131,8 +131,9 @@ def resolve_members(requested: str | int, runs: int, cfg: Config, data: Data) ->
 class StackedModel(nn.Module):
     """M members of one MLP / GCN / GraphSAGE / APPNP, built from M standalone models.
 
-    Layer 0's weight is stored ``[in, M * out]`` (what the CSR product reads); later layers'
-    ``[M, in, out]`` (what ``bmm`` reads); biases ``[M * out]``. :meth:`release` gives member
+    Layer 0's weight is stored ``[in, M * out]`` (what the CSR product reads; APPNP's, which
+    runs member-major, ``[M, in, out]``); later layers' ``[M, in, out]`` (what ``bmm`` reads);
+    biases ``[M * out]``. :meth:`release` gives member
     ``m`` back as a standalone model with its weights.
     """
 
