@@ -75,6 +75,8 @@ def sequential_reason(cfg: Config) -> str | None:
         return f"model {cfg.model.name}{' (sampled)' * cfg.sampler.enabled} does not batch"
     if cfg.train.compile:
         return "train.compile: true does not batch"
+    if cfg.model.input_dropout:
+        return "model.input_dropout does not batch"
     if cfg.train.select != "val_acc" or cfg.train.patience:
         return "batched members select on the best validation accuracy, without patience"
     return None

@@ -99,16 +99,26 @@ class FromConfig:
 
 
 class MLP(FromConfig, pyg_models.MLP):
-    """Features only: the edge index is accepted and ignored."""
+    """Features only: the edge index is accepted and ignored. ``input_dropout`` also drops
+    input features while training (PyG's ``MLP`` drops only between layers; Shchur et al.'s
+    MLP drops the input of every layer)."""
 
     uses_graph: ClassVar[bool] = False
+    takes_input_dropout: ClassVar[bool] = True
+
+    def __init__(self, *args: Any, input_dropout: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.input_dropout = input_dropout
 
     @classmethod
     def extra_kwargs(cls, cfg: ModelConfig) -> dict[str, Any]:
-        return {"norm": None}
+        extra: dict[str, Any] = {"norm": None}
+        if cls.takes_input_dropout:
+            extra["input_dropout"] = cfg.input_dropout
+        return extra
 
     def forward(self, x: Tensor, edge_index: Tensor | None = None) -> Tensor:  # type: ignore[override]
-        return super().forward(x)
+        return super().forward(feature_dropout(x, self.input_dropout, self.training))
 
 
 class CSRGCNConv(GCNConv):
@@ -218,6 +228,7 @@ class APPNP(MLP):
     the sparse matrix in every step's backward, about 100 times the product's cost)."""
 
     uses_graph: ClassVar[bool] = True
+    takes_input_dropout: ClassVar[bool] = False  # ``dropout`` already drops its features
 
     def __init__(self, *args: Any, K: int = 10, alpha: float = 0.1, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -435,12 +446,16 @@ MODELS: dict[str, type[nn.Module]] = {
 
 
 def check_model_config(cfg: Config) -> None:
-    """The model name is one of the registry's, and sampling is only asked of a model that
-    trains on sampled mini-batches."""
+    """The model name is one of the registry's, and sampling and input dropout are only asked
+    of a model that has them."""
     name = cfg.model.name
     if name not in MODELS:
         raise ConfigError(f"model.name: unknown model {show(name)}{did_you_mean(name, MODELS)}; "
                           f"choose from {', '.join(sorted(MODELS))}")
+    if cfg.model.input_dropout and not getattr(MODELS[name], "takes_input_dropout", False):
+        able = sorted(n for n, m in MODELS.items() if getattr(m, "takes_input_dropout", False))
+        raise ConfigError(f"model.input_dropout: model {name!r} has no input dropout of its "
+                          f"own; use it with {', '.join(able)}")
     if cfg.sampler.enabled and not getattr(MODELS[name], "supports_sampling", False):
         able = sorted(n for n, m in MODELS.items() if getattr(m, "supports_sampling", False))
         raise ConfigError(f"sampler.enabled: model {name!r} does not train on sampled "

@@ -253,6 +253,21 @@ def test_a_model_that_cannot_batch_says_so(data_root: Path,
         "not batch)"]
 
 
+def test_input_dropout_trains_members_one_after_the_other(tmp_path: Path, data_root: Path,
+                                                         capsys: pytest.CaptureFixture[str]
+                                                         ) -> None:
+    cfg = tmp_path / "mlp.yaml"
+    cfg.write_text((CONFIGS / "mlp.yaml").read_text().replace(
+        "  dropout: 0.5\n", "  dropout: 0.5\n  input_dropout: 0.5\n"))
+    assert main(["train", "--config", str(cfg), "--root", str(data_root), "--epochs", "2",
+                 "--seeds", "0,1", "--members", "2"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.count("seed=") == 2
+    assert captured.err.strip().splitlines() == [
+        "gnn: warning: --members: mlp trains its seeds one after the other "
+        "(model.input_dropout does not batch)"]
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["--seeds", "0-3", "--members", "100000"], "--members: 100000 members of gcn need about"),
     (["--seeds", "0-3", "--members", "zero"], "--members: expected auto or a number"),

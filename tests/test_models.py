@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gnn.config import ModelConfig
+from gnn.kernels import feature_dropout
 from gnn.models import MODELS, build_model
 from tests.strategies import features, graphs
 
@@ -194,3 +195,28 @@ def test_personalized_pagerank_rows_equal_full_rows(K: int) -> None:
     (part * grad).sum().backward()
     torch.testing.assert_close(part, full[rows].detach())
     torch.testing.assert_close(h.grad, expected)
+
+
+@pytest.mark.parametrize("name", ["mlp", "cs"])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_input_dropout_drops_the_features_once_and_only_in_training(name: str,
+                                                                    sparse: bool) -> None:
+    """With ``input_dropout`` the model equals its twin without it fed the features after one
+    dropout draw (same weights, same RNG state); in evaluation nothing is dropped."""
+    x = torch.rand(30, NUM_FEATURES) * (torch.rand(30, NUM_FEATURES) < 0.5)
+    x = x.to_sparse_csr() if sparse else x
+    edge_index = torch.randint(0, 30, (2, 90))
+    cfg = ModelConfig(name=name, hidden_channels=8, num_layers=2, dropout=0.0)
+    torch.manual_seed(0)
+    plain = build_model(cfg, NUM_FEATURES, NUM_CLASSES)
+    dropping = build_model(ModelConfig(**{**vars(cfg), "input_dropout": 0.6}), NUM_FEATURES,
+                           NUM_CLASSES)
+    dropping.load_state_dict(plain.state_dict())
+    torch.manual_seed(1)
+    got = run(dropping.train(), x, edge_index)
+    torch.manual_seed(1)
+    want = run(plain.train(), feature_dropout(x, 0.6, True), edge_index)
+    torch.testing.assert_close(got, want)
+    assert not torch.allclose(got, run(plain, x, edge_index))  # something was dropped
+    torch.testing.assert_close(run(dropping.eval(), x, edge_index),
+                               run(plain.eval(), x, edge_index))
