@@ -54,10 +54,14 @@ class FromConfig:
     #: Whether ``forward`` accepts PyG's per-hop trimming arguments and ``inference`` works
     #: layer-wise on sampled one-hop subgraphs (needed for neighbour-sampled training).
     supports_sampling: ClassVar[bool] = False
+    #: Whether ``model.input_dropout`` (dropout on the input features while training, as
+    #: Kipf & Welling's and Shchur et al.'s implementations do) applies to this model.
+    takes_input_dropout: ClassVar[bool] = False
 
-    def __init__(self, *args: Any, fast: bool = True, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, fast: bool = True, input_dropout: float = 0.0,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fast = fast
+        self.fast, self.input_dropout = fast, input_dropout
         self.graph_cache = GraphCache()
         # BasicGNN stacks without norm layers or jumping knowledge can skip its general loop
         self.plain_stack = hasattr(self, "convs") and not (
@@ -75,6 +79,8 @@ class FromConfig:
             "in_channels": in_channels, "hidden_channels": cfg.hidden_channels,
             "num_layers": cfg.num_layers, "out_channels": out_channels,
             "dropout": cfg.dropout, "fast": cfg.fast}
+        if cls.takes_input_dropout:
+            kwargs["input_dropout"] = cfg.input_dropout
         kwargs.update(cls.extra_kwargs(cfg))  # a model may also override the defaults
         return cls(**kwargs)
 
@@ -106,16 +112,9 @@ class MLP(FromConfig, pyg_models.MLP):
     uses_graph: ClassVar[bool] = False
     takes_input_dropout: ClassVar[bool] = True
 
-    def __init__(self, *args: Any, input_dropout: float = 0.0, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.input_dropout = input_dropout
-
     @classmethod
     def extra_kwargs(cls, cfg: ModelConfig) -> dict[str, Any]:
-        extra: dict[str, Any] = {"norm": None}
-        if cls.takes_input_dropout:
-            extra["input_dropout"] = cfg.input_dropout
-        return extra
+        return {"norm": None}
 
     def forward(self, x: Tensor, edge_index: Tensor | None = None) -> Tensor:  # type: ignore[override]
         return super().forward(feature_dropout(x, self.input_dropout, self.training))
@@ -133,14 +132,18 @@ class CSRGCNConv(GCNConv):
 
 
 class GCN(FromConfig, pyg_models.GCN):
-    """Kipf & Welling GCN; the normalisation is computed here, once per graph when ``fast``."""
+    """Kipf & Welling GCN; the normalisation is computed here, once per graph when ``fast``.
+    PyG's ``GCN`` drops only between layers; ``input_dropout`` drops the features too, as Kipf
+    & Welling's implementation does."""
 
     uses_graph: ClassVar[bool] = True
+    takes_input_dropout: ClassVar[bool] = True
 
     def init_conv(self, in_channels: int, out_channels: int, **kwargs: Any) -> nn.Module:
         return CSRGCNConv(in_channels, out_channels, normalize=False, **kwargs)
 
     def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:  # type: ignore[override]
+        x = feature_dropout(x, self.input_dropout, self.training)
         if self.fast:
             return self._stack(x, self.graph_cache.get(edge_index, gcn_operator, x.size(0)))
         ei, w = gcn_norm(edge_index, None, x.size(0), add_self_loops=True)

@@ -49,8 +49,9 @@ BAD_CONFIGS = [
     ("data:\n  sparse_features: sometimes\n", "data.sparse_features: must be one of"),
     ("sampler:\n  fanout: 10\n", "sampler.fanout: expected a list of int, got int"),
     ("sampler:\n  enabled: true\n", "sampler.enabled: model 'gcn' does not train on sampled"),
-    ("model:\n  input_dropout: 0.5\n",
-     "model.input_dropout: model 'gcn' has no input dropout of its own; use it with cs, mlp"),
+    ("model:\n  name: sage\n  input_dropout: 0.5\n",
+     "model.input_dropout: model 'sage' has no input dropout of its own; use it with cs, gcn, "
+     "mlp"),
     ("model:\n  name: mlp\n  input_dropout: 1.0\n", "model.input_dropout: must be < 1.0"),
     ("model:\n  name: sage\nsampler:\n  enabled: true\n  fanout: [10]\n",
      "sampler.fanout: needs one entry per layer (model.num_layers=2), got 1"),

@@ -197,7 +197,7 @@ def test_personalized_pagerank_rows_equal_full_rows(K: int) -> None:
     torch.testing.assert_close(h.grad, expected)
 
 
-@pytest.mark.parametrize("name", ["mlp", "cs"])
+@pytest.mark.parametrize("name", ["mlp", "cs", "gcn"])
 @pytest.mark.parametrize("sparse", [False, True])
 def test_input_dropout_drops_the_features_once_and_only_in_training(name: str,
                                                                     sparse: bool) -> None:
