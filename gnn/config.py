@@ -42,7 +42,8 @@ class ModelConfig:
     hidden_channels: int = field(default=16, metadata=_range(1, 1 << 24))
     num_layers: int = field(default=2, metadata=_range(1, 128))
     dropout: float = field(default=0.5, metadata=_range(0.0, 1.0, hi_open=True))
-    # MLP, C&S: dropout on the input features too (Shchur et al.'s MLP); other models refuse it
+    # MLP, C&S, GCN: dropout on the input features too (Kipf & Welling's and Shchur et al.'s
+    # implementations); other models refuse it
     input_dropout: float = field(default=0.0, metadata=_range(0.0, 1.0, hi_open=True))
     heads: int = field(default=8, metadata=_range(1, 256))  # GAT: attention heads, hidden layers
     attn_dropout: float = field(default=0.6, metadata=_range(0.0, 1.0, hi_open=True))  # GAT

@@ -231,10 +231,13 @@ class APPNP(MLP):
     the sparse matrix in every step's backward, about 100 times the product's cost)."""
 
     uses_graph: ClassVar[bool] = True
-    takes_input_dropout: ClassVar[bool] = False  # ``dropout`` already drops its features
+    takes_input_dropout: ClassVar[bool] = False  # ``dropout`` drops its features too
 
     def __init__(self, *args: Any, K: int = 10, alpha: float = 0.1, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # Klicpera et al. drop the features with the hidden layer's rate: the MLP's own input
+        # dropout (PyG's MLP keeps one rate per layer)
+        self.input_dropout = self.dropout[0] if isinstance(self.dropout, list) else self.dropout
         self.prop = APPNPPropagation(K, alpha, normalize=False)
 
     @classmethod
@@ -242,8 +245,7 @@ class APPNP(MLP):
         return {**super().extra_kwargs(cfg), "K": cfg.K, "alpha": cfg.alpha}
 
     def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:  # type: ignore[override]
-        dropout = self.dropout[0] if isinstance(self.dropout, list) else self.dropout
-        h = super().forward(feature_dropout(x, dropout, self.training))
+        h = super().forward(x)
         if self.fast:
             adj = self.graph_cache.get(edge_index, gcn_operator, x.size(0))
             return personalized_pagerank(adj, h, self.prop.K, self.prop.alpha)
