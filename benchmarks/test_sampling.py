@@ -7,7 +7,8 @@ one sampled-GraphSAGE training epoch is timed too::
 
     GNN_BENCH_THREADS=1 python -m pytest benchmarks/test_sampling.py -m slow -k csbm
 
-Also: the cost of each sampler option on Cora (``-k option``), whether worker processes pay
+The compiled hop loop against the vectorised code, gated (``-k compiled``). Also: the cost
+of each sampler option on Cora (``-k option``), whether worker processes pay
 on Cora and on the 1M-node graph (``-k workers``), and the share of evaluation in a sampled
 fit on Cora (``-k evaluation_share``).
 """
@@ -30,7 +31,12 @@ from gnn.config import Config, ModelConfig
 from gnn.data import load_dataset
 from gnn.memory import StepPeaks
 from gnn.models import build_model
-from gnn.sampling import make_neighbor_loader, pyg_sampler_available
+from gnn.sampling import (
+    TorchNeighborSampler,
+    compiled_sampler_available,
+    make_neighbor_loader,
+    pyg_sampler_available,
+)
 from gnn.scale import SCALE_DATA, model_configs
 
 PYG_ONLY = pytest.mark.skipif(not pyg_sampler_available(),
@@ -259,6 +265,45 @@ def test_sampler_ratio_vs_pyg_cora(cora: Data) -> None:
 @PYG_ONLY
 def test_sampler_ratio_vs_pyg_1m(million_graph: Data) -> None:
     sampler_ratio(million_graph, 1024, SAMPLER_GOALS["1M"], blocks=7, iters=5)
+
+
+#: Batches from the compiled hop loop against the vectorised code (the same loader otherwise):
+#: the gate that keeps the compiled path worth its dependency, where CI has no torch-sparse.
+COMPILED_GOALS = {"cora": 1.3, "1M": 1.1}
+NUMBA_ONLY = pytest.mark.skipif(not compiled_sampler_available(),
+                                reason="the compiled sampler needs numba (not installed)")
+
+
+def loader_with(data: Data, batch_size: int, compiled: bool) -> Iterator[Data]:
+    saved = TorchNeighborSampler.use_compiled
+    TorchNeighborSampler.use_compiled = compiled
+    try:
+        return endless(make_neighbor_loader(data, [10, 10], batch_size=batch_size, shuffle=True,
+                                            backend="torch", seed=0))
+    finally:
+        TorchNeighborSampler.use_compiled = saved
+
+
+def compiled_ratio(data: Data, batch_size: int, goal: float, blocks: int, iters: int) -> None:
+    vectorised, compiled = (loader_with(data, batch_size, c) for c in (False, True))
+    ratio, t_vec, t_comp = interleaved_ratio(lambda: next(vectorised), lambda: next(compiled),
+                                             torch.device("cpu"), blocks=blocks, iters=iters)
+    gate = goal / 1.25
+    print(f"\ncompiled sampler {data.num_nodes} nodes, bs {batch_size}: vectorised "
+          f"{t_vec * 1e3:.3f} ms, compiled {t_comp * 1e3:.3f} ms per batch, ratio {ratio:.2f}x "
+          f"(goal {goal}x, gate {gate:.2f}x)")
+    assert ratio >= gate
+
+
+@NUMBA_ONLY
+def test_compiled_sampler_ratio_cora(cora: Data) -> None:
+    compiled_ratio(cora, 64, COMPILED_GOALS["cora"], blocks=15, iters=40)
+
+
+@pytest.mark.slow
+@NUMBA_ONLY
+def test_compiled_sampler_ratio_1m(million_graph: Data) -> None:
+    compiled_ratio(million_graph, 1024, COMPILED_GOALS["1M"], blocks=7, iters=5)
 
 
 @pytest.mark.slow

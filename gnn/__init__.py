@@ -14,7 +14,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("files", "timing", "metrics", "memory", "stats"),  # writes, clocks, scores, RSS, statistics
     ("synthetic", "npz"),  # the CSBM graph generator; the .npz graph reader (no unpickling)
     ("data",),  # Planetoid and .npz loading, the cache, splits, graph checks, the dataset registry
-    ("kernels",),  # cached sparse operators and CSR products
+    ("kernels", "sample_kernel"),  # cached sparse operators, CSR products; the compiled sampler
     ("models",),  # the model registry: thin subclasses of PyG's models
     ("sampling",),  # the neighbour sampler and its loader
     ("batching",),  # full-batch and sampled epochs behind one protocol

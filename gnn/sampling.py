@@ -1,8 +1,9 @@
 """Neighbour sampling written with tensor operations, for PyG's loaders.
 
 PyG's ``NeighborSampler`` needs ``pyg-lib`` or ``torch-sparse``, which a plain ``pip install``
-does not bring. :class:`TorchNeighborSampler` implements PyG's ``BaseSampler`` with torch alone
-(CPU or CUDA: sampling runs where the graph's CSC lives) and is handed to PyG's own
+does not bring. :class:`TorchNeighborSampler` implements PyG's ``BaseSampler`` without them
+(CPU or CUDA: sampling runs where the graph's CSC lives; on the CPU uniform sampling runs as one
+compiled loop, :mod:`gnn.sample_kernel`, else as tensor operations) and is handed to PyG's own
 ``NeighborLoader``, so mini-batches (``n_id``, ``e_id``, ``batch_size``, ``input_id``,
 ``num_sampled_nodes``) are built by PyG exactly as usual, and ``BasicGNN.inference`` accepts them.
 
@@ -37,6 +38,7 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -50,6 +52,13 @@ from torch_geometric.sampler.base import NumNeighbors, SubgraphType
 from gnn.errors import ConfigError
 
 NAME = "TorchNeighborSampler"
+
+
+def compiled_sampler_available() -> bool:
+    """Whether the compiled hop loop can run (numba importable); imported on first use."""
+    from gnn.sample_kernel import available
+
+    return available()
 
 
 def pyg_sampler_available() -> bool:
@@ -207,6 +216,11 @@ class TorchNeighborSampler(BaseSampler):
         self.generator.manual_seed(self.seed)
         self._pid: int | None = os.getpid()
         self._local = self._new_node_table()
+        #: Sample with the compiled hop loop (:mod:`gnn.sample_kernel`): on the CPU, uniform
+        #: draws into one shared subgraph; the vectorised code does the rest (weights, disjoint
+        #: trees, CUDA).
+        self.compiled = (self.use_compiled and self.device.type == "cpu" and weight is None
+                         and not self.disjoint and compiled_sampler_available())
 
     def _build_csc(self, edge_index: Tensor, weight: Tensor | None) -> None:
         """In-neighbours grouped by target node; with weights, only the edges of weight > 0
@@ -287,14 +301,18 @@ class TorchNeighborSampler(BaseSampler):
         return False
 
     # ---- sampling -----------------------------------------------------------------------
-    # Small batches are bound by per-operation overhead (about 80 tensor operations a batch),
-    # so the code below uses the cheapest form of each: ``index_select`` rather than ``[]``
-    # (2-3x cheaper on CPU), ``scatter_`` rather than ``[] =``, and contiguous local ids
-    # (``owner + offset``) rather than gathers. Options branch once per batch or hop, so the
-    # default directional path pays nothing for them.
+    # Small batches are bound by per-operation overhead (about 80 tensor operations a batch;
+    # hence the compiled loop where it applies), so the vectorised code below uses the
+    # cheapest form of each: ``index_select`` rather than ``[]`` (2-3x cheaper on CPU),
+    # ``scatter_`` rather than ``[] =``, and contiguous local ids (``owner + offset``) rather
+    # than gathers. Options branch once per batch or hop, so the default directional path pays
+    # nothing for them.
     #: Node-table entry of a node the current batch has not reached: above every local id and
     #: every discovery code, so a scatter-min over the table keeps what is already there.
     UNSEEN: int = 1 << 62
+    #: Whether a new sampler uses the compiled hop loop where it applies (False: always the
+    #: vectorised code, e.g. to compare the two).
+    use_compiled: bool = True
 
     def sample(self, seeds: Tensor) -> SamplerOutput:
         """Sample the multi-hop neighbourhood of ``seeds`` (global node ids)."""
@@ -306,8 +324,32 @@ class TorchNeighborSampler(BaseSampler):
             out = self._bidirectional(out)
         return out
 
+    def _sample_compiled(self, seeds: Tensor) -> SamplerOutput:
+        """:meth:`_sample_shared` in one compiled call; its random stream is seeded from the
+        sampler's generator, one draw a batch."""
+        from gnn.sample_kernel import sample_hops
+
+        seed = int(torch.randint(0, 1 << 62, (1,), generator=self.generator))
+        node, row, col, edge, num_nodes, num_edges = sample_hops(
+            self.colptr.numpy(), self.row.numpy(), self.edge_id.numpy(),
+            seeds.contiguous().numpy(), np.asarray(self.num_neighbors, dtype=np.int64),
+            self.replace, self._local.numpy(), self.UNSEEN, seed)
+        node = torch.from_numpy(node)
+        if self.subgraph_type is SubgraphType.induced:
+            local = self._local  # the kernel leaves it clean: number the nodes again
+            local.scatter_(0, node, torch.arange(node.numel()))
+            try:
+                return self._induced_output(node)
+            finally:
+                local.index_fill_(0, node, self.UNSEEN)
+        return SamplerOutput(node=node, row=torch.from_numpy(row), col=torch.from_numpy(col),
+                             edge=torch.from_numpy(edge), num_sampled_nodes=num_nodes.tolist(),
+                             num_sampled_edges=num_edges.tolist())
+
     def _sample_shared(self, seeds: Tensor) -> SamplerOutput:
         """One subgraph for all seeds: each node appears once (the node table numbers them)."""
+        if self.compiled:
+            return self._sample_compiled(seeds)
         local = self._local
         nodes = [seeds]
         frontier, first_local = seeds, 0
@@ -328,14 +370,14 @@ class TorchNeighborSampler(BaseSampler):
                 frontier, first_local = new, num_nodes_total
                 num_nodes_total += new.numel()
             node = torch.cat(nodes)
-            if self.subgraph_type is SubgraphType.induced:  # as torch-sparse: no hop counts
-                rows, cols, edges = ([t] for t in self._induced_edges(node))
-                num_sampled_nodes = num_sampled_edges = None
+            out = (self._induced_output(node) if self.subgraph_type is SubgraphType.induced
+                   else self._output(node, rows, cols, edges, num_sampled_nodes,
+                                     num_sampled_edges))
         except BaseException:
             local.fill_(self.UNSEEN)  # interrupted mid-hop: restore the whole table
             raise
         local.index_fill_(0, node, self.UNSEEN)  # reset only what this batch touched
-        return self._output(node, rows, cols, edges, num_sampled_nodes, num_sampled_edges)
+        return out
 
     def _output(self, node: Tensor, rows: list[Tensor], cols: list[Tensor],
                 edges: list[Tensor], num_sampled_nodes: list[int] | None,
@@ -410,6 +452,11 @@ class TorchNeighborSampler(BaseSampler):
         local = torch.where(first_of_key < num_known, first_of_key,
                             new_id.index_select(0, (first_of_key - num_known).clamp_(min=0)))
         return local, torch.nonzero(is_new).view(-1)
+
+    def _induced_output(self, node: Tensor) -> SamplerOutput:
+        """The induced subgraph on ``node``; as torch-sparse, without per-hop counts."""
+        row, col, edge = self._induced_edges(node)
+        return self._output(node, [row], [col], [edge], None, None)
 
     def _induced_edges(self, node: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Every edge among the sampled nodes (torch-sparse's induced subgraph: grouped by target
@@ -637,8 +684,8 @@ LOADER_OPTIONS = frozenset(
 
 
 def resolve_backend(backend: str) -> str:
-    if backend == "auto":
-        return "pyg" if pyg_sampler_available() else "torch"
+    if backend == "auto":  # ours when compiled: faster than torch-sparse's (docs/results.md)
+        return "pyg" if pyg_sampler_available() and not compiled_sampler_available() else "torch"
     if backend == "pyg" and not pyg_sampler_available():
         raise ConfigError("sampler.backend: pyg needs pyg-lib or torch-sparse installed; "
                           "use backend torch or auto")
@@ -658,7 +705,8 @@ def make_neighbor_loader(data: Data, num_neighbors: Sequence[int], *, batch_size
                          directed: bool = True, is_sorted: bool = False, num_workers: int = 0,
                          **kwargs: Any) -> NeighborBatches:
     """A PyG ``NeighborLoader`` whose sampler is PyG's own (``pyg``) or ours (``torch``);
-    ``auto`` picks PyG's when pyg-lib or torch-sparse is importable. Every sampler option of
+    ``auto`` picks ours where its compiled hop loop runs (numba), else PyG's when pyg-lib or
+    torch-sparse is importable. Every sampler option of
     ``NeighborLoader`` is named here and reaches the sampler (ours refuses what it does not
     implement); ``kwargs`` may only be ``DataLoader`` arguments and batch transforms
     (:data:`LOADER_OPTIONS`, e.g. ``batch_sampler``, which replaces ``batch_size`` and

@@ -27,6 +27,22 @@ def _test_threads() -> None:
     torch.set_num_threads(int(os.environ.get("GNN_TEST_THREADS", "1")))
 
 
+@pytest.fixture(params=["compiled", "vectorised"])
+def sampler_code(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The neighbour sampler's two implementations of the same semantics: the compiled hop loop
+    (CPU graphs, where numba is installed) and the vectorised tensor code."""
+    from gnn.sampling import TorchNeighborSampler, compiled_sampler_available
+
+    if request.param == "compiled" and not compiled_sampler_available():
+        pytest.skip("the compiled sampler needs numba, which is not installed")
+    saved = TorchNeighborSampler.use_compiled
+    TorchNeighborSampler.use_compiled = request.param == "compiled"
+    try:
+        yield request.param
+    finally:
+        TorchNeighborSampler.use_compiled = saved
+
+
 @pytest.fixture()
 def root(data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private copy of Cora's raw files and a private cache, so nothing leaks."""

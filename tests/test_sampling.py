@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.stats import chisquare
 from torch_geometric.data import Data
@@ -70,8 +70,21 @@ def check_output(out, num_nodes, edge_index, seeds, fanout, replace=False,
             assert len(pairs) == len(set(pairs))  # each edge at most once per node
 
 
-#: sort_limit 0 forces Floyd's algorithm, the default keeps the sort for small hops.
-SELECTIONS = {"sort": TorchNeighborSampler.sort_limit, "floyd": 0}
+#: How a hop picks: the compiled loop (a CPU graph, numba installed), or the vectorised code
+#: with one sort of random keys (its default for small hops) or Floyd's algorithm (sort_limit 0).
+SELECTIONS = {"compiled": None, "sort": TorchNeighborSampler.sort_limit, "floyd": 0}
+#: The fixture ``sampler_code`` is function-scoped; it sets a class attribute once per test.
+FIXTURE_OK = [HealthCheck.function_scoped_fixture]
+
+
+def choose(sampler: TorchNeighborSampler, selection: str) -> TorchNeighborSampler:
+    if selection == "compiled":
+        if sampler.device.type == "cpu" and not sampler.compiled:
+            pytest.skip("the compiled sampler needs numba, which is not installed")
+    else:
+        sampler.compiled = False
+        sampler.sort_limit = SELECTIONS[selection]
+    return sampler
 
 
 @pytest.mark.parametrize("selection", list(SELECTIONS))
@@ -80,13 +93,14 @@ SELECTIONS = {"sort": TorchNeighborSampler.sort_limit, "floyd": 0}
 def test_sampler_properties(case, seed: int, selection: str, device: torch.device) -> None:
     num_nodes, edge_index, seeds, fanout = case
     sampler = TorchNeighborSampler(edge_index.to(device), fanout, num_nodes=num_nodes, seed=seed)
-    sampler.sort_limit = SELECTIONS[selection]
+    choose(sampler, selection)
     check_output(sampler.sample(seeds), num_nodes, edge_index, seeds, fanout, device=device)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=30, deadline=None, suppress_health_check=FIXTURE_OK)
 @given(case=sampling_cases(), seed=st.integers(0, 2**31))
-def test_sampler_with_replacement(case, seed: int, device: torch.device) -> None:
+def test_sampler_with_replacement(case, seed: int, device: torch.device,
+                                  sampler_code: str) -> None:
     num_nodes, edge_index, seeds, fanout = case
     fanout = [k if k > 0 else 2 for k in fanout]
     sampler = TorchNeighborSampler(edge_index, fanout, num_nodes=num_nodes, seed=seed,
@@ -95,9 +109,9 @@ def test_sampler_with_replacement(case, seed: int, device: torch.device) -> None
                  device=device)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=30, deadline=None, suppress_health_check=FIXTURE_OK)
 @given(case=sampling_cases(), seed=st.integers(0, 2**31))
-def test_same_seed_same_batch(case, seed: int, device: torch.device) -> None:
+def test_same_seed_same_batch(case, seed: int, device: torch.device, sampler_code: str) -> None:
     num_nodes, edge_index, seeds, fanout = case
     a, b = (TorchNeighborSampler(edge_index, fanout, num_nodes=num_nodes, seed=seed,
                                  device=device).sample(seeds) for _ in range(2))
@@ -105,14 +119,14 @@ def test_same_seed_same_batch(case, seed: int, device: torch.device) -> None:
         assert torch.equal(getattr(a, field), getattr(b, field))
 
 
-def test_full_fanout_returns_whole_neighbourhood() -> None:
+def test_full_fanout_returns_whole_neighbourhood(sampler_code: str) -> None:
     edge_index = torch.tensor([[1, 2, 3, 3, 4], [0, 0, 0, 1, 2]])
     out = TorchNeighborSampler(edge_index, [-1], num_nodes=5).sample(torch.tensor([0]))
     assert sorted(out.node[out.row].tolist()) == [1, 2, 3]
     assert out.num_sampled_nodes == [1, 3]
 
 
-def test_empty_seed_set() -> None:
+def test_empty_seed_set(sampler_code: str) -> None:
     edge_index = torch.tensor([[0, 1], [1, 0]])
     sampler = TorchNeighborSampler(edge_index, [2, 2], num_nodes=2)
     out = sampler.sample(torch.tensor([], dtype=torch.long))
@@ -120,15 +134,30 @@ def test_empty_seed_set() -> None:
     assert out.num_sampled_nodes == [0, 0, 0]
 
 
+@pytest.mark.parametrize("bad", [-1, 5])
+def test_seed_out_of_range_is_refused(bad: int, sampler_code: str) -> None:
+    """A seed outside the graph is an error (the compiled loop checks before it reads
+    anything: it has no bounds checks of its own), and the sampler stays usable."""
+    edge_index = torch.tensor([[0, 1, 3], [1, 2, 2]])
+    sampler = TorchNeighborSampler(edge_index, [2, 2], num_nodes=5, seed=0)
+    with pytest.raises((IndexError, RuntimeError), match="out of"):
+        sampler.sample(torch.tensor([2, bad]))
+    seeds = torch.tensor([2, 4])
+    check_output(sampler.sample(seeds), 5, edge_index, seeds, [2, 2])
+
+
 @pytest.mark.parametrize("selection", list(SELECTIONS))
-def test_uniform_choice_among_hub_neighbours(selection: str, device: torch.device) -> None:
-    """Chi-square: each of a hub's 50 in-neighbours is picked equally often."""
-    num_neighbours, fanout, trials = 50, 5, 4000
+@pytest.mark.parametrize(("num_neighbours", "fanout"), [(50, 5), (100, 40)])
+def test_uniform_choice_among_hub_neighbours(selection: str, num_neighbours: int, fanout: int,
+                                             device: torch.device) -> None:
+    """Chi-square: each of a hub's in-neighbours is picked equally often (fanout 40: the
+    compiled loop's selection sampling, above its Floyd limit)."""
+    trials = 4000
     edge_index = torch.stack([torch.arange(1, num_neighbours + 1),
                               torch.zeros(num_neighbours, dtype=torch.long)])
     sampler = TorchNeighborSampler(edge_index, [fanout], num_nodes=num_neighbours + 1, seed=0,
                                    device=device)
-    sampler.sort_limit = SELECTIONS[selection]
+    choose(sampler, selection)
     counts = Counter()
     for _ in range(trials):
         out = sampler.sample(torch.tensor([0]))

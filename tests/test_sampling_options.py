@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.stats import chi2_contingency, chisquare
 from torch_geometric.data import Data, HeteroData
@@ -21,6 +21,9 @@ from gnn.sampling import TorchNeighborSampler, make_neighbor_loader
 from tests.strategies import sampling_cases
 
 fanouts = st.lists(st.sampled_from([-1, 0, 1, 2, 3, 5]), min_size=1, max_size=3)
+
+#: The fixture ``sampler_code`` is function-scoped; it sets a class attribute once per test.
+FIXTURE_OK = [HealthCheck.function_scoped_fixture]
 
 
 def cases(max_edges: int = 100) -> st.SearchStrategy:
@@ -45,9 +48,10 @@ def check_edges_exist(out: SamplerOutput, edge_index: torch.Tensor) -> None:
 
 
 # ---- bidirectional ------------------------------------------------------------------------
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, suppress_health_check=FIXTURE_OK)
 @given(case=cases(), seed=st.integers(0, 2**31))
-def test_bidirectional_is_pygs_to_bidirectional(case, seed: int, device: torch.device) -> None:
+def test_bidirectional_is_pygs_to_bidirectional(case, seed: int, device: torch.device,
+                                                sampler_code: str) -> None:
     """The same draws as the directional sampler (same seed), turned into PyG's own
     ``SamplerOutput.to_bidirectional``: an undirected batch, no duplicate, sorted by column."""
     num_nodes, edge_index, seeds, fanout = case
@@ -84,10 +88,11 @@ def induced_reference(edge_index: torch.Tensor, node: torch.Tensor) -> list[tupl
 
 
 @pytest.mark.parametrize("option", [{"subgraph_type": "induced"}, {"directed": False}])
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=50, deadline=None, suppress_health_check=FIXTURE_OK)
 @given(case=cases(), seed=st.integers(0, 2**31))
 def test_induced_holds_every_edge_among_sampled_nodes(case, seed: int, option: dict,
-                                                      device: torch.device) -> None:
+                                                      device: torch.device,
+                                                      sampler_code: str) -> None:
     """The same nodes as directional sampling; all edges among them (multi-edges and
     self-loops included) and no others, in torch-sparse's order; no per-hop counts."""
     num_nodes, edge_index, seeds, fanout = case
@@ -274,11 +279,11 @@ def test_weighted_refuses_what_is_not_an_edge_weight(attr: str) -> None:
 
 
 # ---- fanout 0, replace ----------------------------------------------------------------------
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, suppress_health_check=FIXTURE_OK)
 @given(case=cases(), seed=st.integers(0, 2**31), replace=st.booleans(),
        zeros=st.integers(1, 2))
 def test_fanout_zero_samples_nothing(case, seed: int, replace: bool, zeros: int,
-                                     device: torch.device) -> None:
+                                     device: torch.device, sampler_code: str) -> None:
     """A hop of fanout 0 adds no edge and no node (nor does any hop after it); it draws no
     random number, so what comes before it is the sample without it."""
     num_nodes, edge_index, seeds, fanout = case
@@ -294,7 +299,7 @@ def test_fanout_zero_samples_nothing(case, seed: int, replace: bool, zeros: int,
     assert torch.equal(first.node, seeds.to(first.node.device)) and first.row.numel() == 0
 
 
-def test_replace_draws_uniformly(device: torch.device) -> None:
+def test_replace_draws_uniformly(device: torch.device, sampler_code: str) -> None:
     """With replacement each of a hub's 30 in-neighbours is drawn equally often (pyg-lib:
     ``fanout`` independent uniform draws)."""
     k, fanout, trials = 30, 5, 2000
@@ -318,7 +323,8 @@ LOADER_OPTIONS = [
 
 
 @pytest.mark.parametrize("options", LOADER_OPTIONS, ids=lambda o: ",".join(o) or "default")
-def test_options_through_the_loader(options: dict, device: torch.device) -> None:
+def test_options_through_the_loader(options: dict, device: torch.device,
+                                    sampler_code: str) -> None:
     """PyG's batch contract: seeds first, edges sorted by target (CSC), edge attributes
     filtered by ``e_id``, node features by ``n_id``."""
     g = torch.Generator().manual_seed(0)
@@ -342,14 +348,14 @@ def test_options_through_the_loader(options: dict, device: torch.device) -> None
     assert torch.equal(torch.cat(seen).sort().values, torch.arange(n))
 
 
-def test_graph_without_edges_as_in_pyg() -> None:
+def test_graph_without_edges_as_in_pyg(sampler_code: str) -> None:
     """A ``Data`` without ``edge_index`` is a graph without edges (PyG's ``to_csc``)."""
     data = Data(x=torch.arange(5).view(-1, 1))
     batch = next(iter(make_neighbor_loader(data, [3, 3], batch_size=5, backend="torch")))
     assert torch.equal(batch.n_id, torch.arange(5)) and batch.e_id.numel() == 0
 
 
-def test_pickled_sampler_continues_the_same_stream() -> None:
+def test_pickled_sampler_continues_the_same_stream(sampler_code: str) -> None:
     """A pickled sampler (what a spawned worker receives) holds no node table and resumes
     the generator where the original stands."""
     edge_index = torch.randint(0, 50, (2, 400), generator=torch.Generator().manual_seed(3))
