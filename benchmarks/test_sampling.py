@@ -7,7 +7,8 @@ one sampled-GraphSAGE training epoch is timed too::
 
     GNN_BENCH_THREADS=1 python -m pytest benchmarks/test_sampling.py -m slow -k csbm
 
-The compiled hop loop against the vectorised code, gated (``-k compiled``). Also: the cost
+Gated ratios (``-k sampler_ratio``): ours against PyG's compiled sampler, and our compiled hop
+loop against our vectorised code. Also: the cost
 of each sampler option on Cora (``-k option``), whether worker processes pay
 on Cora and on the 1M-node graph (``-k workers``), and the share of evaluation in a sampled
 fit on Cora (``-k evaluation_share``).
@@ -242,29 +243,33 @@ def test_sampler_throughput_1m_csbm(bench, csbm_million: Data, backend: str,
 SAMPLER_GOALS = {"cora": 1.0, "1M": 3.0}
 
 
-def sampler_ratio(data: Data, batch_size: int, goal: float, blocks: int, iters: int) -> None:
-    """Batches from our loader and PyG's, timed in alternating blocks (median of block ratios)."""
-    device = torch.device("cpu")
-    ours, theirs = (endless(make_neighbor_loader(data, [10, 10], batch_size=batch_size,
-                                                 shuffle=True, backend=backend, seed=0))
-                    for backend in ("torch", "pyg"))
-    ratio, t_pyg, t_ours = interleaved_ratio(lambda: next(theirs), lambda: next(ours), device,
-                                             blocks=blocks, iters=iters)
+def gated_ratio(label: str, reference: tuple[str, Iterator[Data]], ours: tuple[str, Iterator[Data]],
+                goal: float, blocks: int, iters: int) -> None:
+    """Batches of two loaders timed in alternating blocks (median of block ratios), gated at
+    ``goal / 1.25``."""
+    (ref_name, ref_batches), (our_name, our_batches) = reference, ours
+    ratio, t_ref, t_ours = interleaved_ratio(lambda: next(ref_batches), lambda: next(our_batches),
+                                             torch.device("cpu"), blocks=blocks, iters=iters)
     gate = goal / 1.25
-    print(f"\nsampler {data.num_nodes} nodes, bs {batch_size}: PyG {t_pyg * 1e3:.3f} ms, ours "
-          f"{t_ours * 1e3:.3f} ms per batch, ratio {ratio:.2f}x (goal {goal}x, gate {gate:.2f}x)")
+    print(f"\n{label}: {ref_name} {t_ref * 1e3:.3f} ms, {our_name} {t_ours * 1e3:.3f} ms per "
+          f"batch, ratio {ratio:.2f}x (goal {goal}x, gate {gate:.2f}x)")
     assert ratio >= gate
 
 
-@PYG_ONLY
-def test_sampler_ratio_vs_pyg_cora(cora: Data) -> None:
-    sampler_ratio(cora, 64, SAMPLER_GOALS["cora"], blocks=15, iters=40)
+def sampler_ratio(data: Data, batch_size: int, goal: float, blocks: int, iters: int) -> None:
+    """Batches from our loader against PyG's."""
+    ours, theirs = (endless(make_neighbor_loader(data, [10, 10], batch_size=batch_size,
+                                                 shuffle=True, backend=backend, seed=0))
+                    for backend in ("torch", "pyg"))
+    gated_ratio(f"sampler {data.num_nodes} nodes, bs {batch_size}", ("PyG", theirs),
+                ("ours", ours), goal, blocks, iters)
 
 
-@pytest.mark.slow
-@PYG_ONLY
-def test_sampler_ratio_vs_pyg_1m(million_graph: Data) -> None:
-    sampler_ratio(million_graph, 1024, SAMPLER_GOALS["1M"], blocks=7, iters=5)
+#: The graphs of the ratio gates: (fixture, batch size, blocks, batches a block).
+RATIO_GRAPHS = {"cora": ("cora", 64, 15, 40), "1M": ("million_graph", 1024, 7, 5)}
+RATIO_PARAMS = [pytest.param("cora"), pytest.param("1M", marks=pytest.mark.slow)]
+
+
 
 
 #: Batches from the compiled hop loop against the vectorised code (the same loader otherwise):
@@ -286,24 +291,21 @@ def loader_with(data: Data, batch_size: int, compiled: bool) -> Iterator[Data]:
 
 def compiled_ratio(data: Data, batch_size: int, goal: float, blocks: int, iters: int) -> None:
     vectorised, compiled = (loader_with(data, batch_size, c) for c in (False, True))
-    ratio, t_vec, t_comp = interleaved_ratio(lambda: next(vectorised), lambda: next(compiled),
-                                             torch.device("cpu"), blocks=blocks, iters=iters)
-    gate = goal / 1.25
-    print(f"\ncompiled sampler {data.num_nodes} nodes, bs {batch_size}: vectorised "
-          f"{t_vec * 1e3:.3f} ms, compiled {t_comp * 1e3:.3f} ms per batch, ratio {ratio:.2f}x "
-          f"(goal {goal}x, gate {gate:.2f}x)")
-    assert ratio >= gate
+    gated_ratio(f"compiled sampler {data.num_nodes} nodes, bs {batch_size}",
+                ("vectorised", vectorised), ("compiled", compiled), goal, blocks, iters)
 
 
-@NUMBA_ONLY
-def test_compiled_sampler_ratio_cora(cora: Data) -> None:
-    compiled_ratio(cora, 64, COMPILED_GOALS["cora"], blocks=15, iters=40)
-
-
-@pytest.mark.slow
-@NUMBA_ONLY
-def test_compiled_sampler_ratio_1m(million_graph: Data) -> None:
-    compiled_ratio(million_graph, 1024, COMPILED_GOALS["1M"], blocks=7, iters=5)
+@pytest.mark.parametrize("graph", RATIO_PARAMS)
+@pytest.mark.parametrize("against", [pytest.param("pyg", marks=PYG_ONLY),
+                                     pytest.param("vectorised", marks=NUMBA_ONLY)])
+def test_sampler_ratio(against: str, graph: str, request: pytest.FixtureRequest) -> None:
+    """Ours against PyG's compiled sampler, and our compiled loop against our vectorised code."""
+    fixture, batch_size, blocks, iters = RATIO_GRAPHS[graph]
+    data = request.getfixturevalue(fixture)
+    if against == "pyg":
+        sampler_ratio(data, batch_size, SAMPLER_GOALS[graph], blocks, iters)
+    else:
+        compiled_ratio(data, batch_size, COMPILED_GOALS[graph], blocks, iters)
 
 
 @pytest.mark.slow
