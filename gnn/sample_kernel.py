@@ -19,6 +19,9 @@ pay its import, and :func:`available` says whether it can be used at all.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 
 try:
@@ -34,7 +37,7 @@ def available() -> bool:
     return numba is not None
 
 
-def _jit(function):  # noqa: ANN001, ANN202 - numba's decorator, or the plain function
+def _jit(function: Callable[..., Any]) -> Callable[..., Any]:
     """Compiled and cached next to this file when numba can (a read-only install compiles in
     each process instead); the plain function without numba, never called then."""
     if numba is None:

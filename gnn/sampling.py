@@ -1,4 +1,4 @@
-"""Neighbour sampling written with tensor operations, for PyG's loaders.
+"""Neighbour sampling for PyG's loaders, without pyg-lib or torch-sparse.
 
 PyG's ``NeighborSampler`` needs ``pyg-lib`` or ``torch-sparse``, which a plain ``pip install``
 does not bring. :class:`TorchNeighborSampler` implements PyG's ``BaseSampler`` without them
