@@ -95,9 +95,9 @@ def test_workers(context: str, strategy: str, persistent: bool) -> None:
     assert signature(first[0]) != signature(other[0])  # seeds differ
 
 
-def test_fork_and_spawn_give_the_same_run() -> None:
+def test_fork_and_spawn_give_the_same_run(sampler_code: str) -> None:
     """A worker's stream depends on the run's seed and the worker's torch seed only, not on
-    how the worker was started or on the main process's state."""
+    how the worker was started or on the main process's state (both implementations)."""
     data = hub_graph()
     forked = run(data, "fork", 3, 1, True)
     spawned = run(data, "spawn", 3, 1, True)
