@@ -33,7 +33,6 @@ from gnn.data import load_dataset
 from gnn.memory import StepPeaks
 from gnn.models import build_model
 from gnn.sampling import (
-    TorchNeighborSampler,
     compiled_sampler_available,
     make_neighbor_loader,
     pyg_sampler_available,
@@ -280,13 +279,11 @@ NUMBA_ONLY = pytest.mark.skipif(not compiled_sampler_available(),
 
 
 def loader_with(data: Data, batch_size: int, compiled: bool) -> Iterator[Data]:
-    saved = TorchNeighborSampler.use_compiled
-    TorchNeighborSampler.use_compiled = compiled
-    try:
-        return endless(make_neighbor_loader(data, [10, 10], batch_size=batch_size, shuffle=True,
-                                            backend="torch", seed=0))
-    finally:
-        TorchNeighborSampler.use_compiled = saved
+    loader = make_neighbor_loader(data, [10, 10], batch_size=batch_size, shuffle=True,
+                                  backend="torch", seed=0)
+    if not compiled:
+        loader.node_sampler.compiled = False
+    return endless(loader)
 
 
 def compiled_ratio(data: Data, batch_size: int, goal: float, blocks: int, iters: int) -> None:

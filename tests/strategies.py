@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import torch
+from hypothesis import HealthCheck
 from hypothesis import strategies as st
+
+#: For ``@settings(suppress_health_check=...)`` of a test that takes the function-scoped
+#: ``sampler_code`` fixture: it sets a class attribute once per test, which every example
+#: may share.
+FIXTURE_OK = [HealthCheck.function_scoped_fixture]
 
 
 @st.composite

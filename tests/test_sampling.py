@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import chisquare
 from torch_geometric.data import Data
@@ -21,6 +21,7 @@ from gnn.sampling import (
 )
 from gnn.training import fit
 from tests import strategies
+from tests.strategies import FIXTURE_OK
 
 PYG_ONLY = pytest.mark.skipif(
     not pyg_sampler_available(),
@@ -73,8 +74,6 @@ def check_output(out, num_nodes, edge_index, seeds, fanout, replace=False,
 #: How a hop picks: the compiled loop (a CPU graph, numba installed), or the vectorised code
 #: with one sort of random keys (its default for small hops) or Floyd's algorithm (sort_limit 0).
 SELECTIONS = {"compiled": None, "sort": TorchNeighborSampler.sort_limit, "floyd": 0}
-#: The fixture ``sampler_code`` is function-scoped; it sets a class attribute once per test.
-FIXTURE_OK = [HealthCheck.function_scoped_fixture]
 
 
 def choose(sampler: TorchNeighborSampler, selection: str) -> TorchNeighborSampler:

@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import chi2_contingency, chisquare
 from torch_geometric.data import Data, HeteroData
@@ -18,12 +18,9 @@ from torch_geometric.sampler import EdgeSamplerInput, NodeSamplerInput, SamplerO
 from torch_geometric.testing import MyFeatureStore, MyGraphStore
 
 from gnn.sampling import TorchNeighborSampler, make_neighbor_loader
-from tests.strategies import sampling_cases
+from tests.strategies import FIXTURE_OK, sampling_cases
 
 fanouts = st.lists(st.sampled_from([-1, 0, 1, 2, 3, 5]), min_size=1, max_size=3)
-
-#: The fixture ``sampler_code`` is function-scoped; it sets a class attribute once per test.
-FIXTURE_OK = [HealthCheck.function_scoped_fixture]
 
 
 def cases(max_edges: int = 100) -> st.SearchStrategy:
