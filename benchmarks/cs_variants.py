@@ -17,7 +17,10 @@ reproduces the shipped model's test accuracy, which checks the script. Test accu
 for the validation-best variants and, for information, the best of all: it selects nothing.
 The propagations are written out here rather than taken from PyG's ``CorrectAndSmooth``, the
 shipped model's: its autoscale would mix the side-by-side columns (one scale per node over all
-of them), and one call per seed, epoch and variant would take hours instead of minutes.
+of them), and its ``LabelPropagation`` takes another operator only as edge weights, whose
+message passing was 10x slower than the CSR product (1.64 s against 0.16 s for 50 steps of
+1,120 columns). The base MLP trains in its own loop because ``fit`` keeps only the selected
+epoch's weights, not every evaluation's predictions.
 """
 
 from __future__ import annotations
@@ -31,9 +34,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.data import Data
+from torch_geometric.nn.conv.gcn_conv import gcn_norm
+from torch_geometric.utils import to_torch_csr_tensor
 
 from gnn.config import load_config
 from gnn.data import load_dataset
+from gnn.kernels import mean_operator
 from gnn.models import build_model
 from gnn.training import set_seed
 
@@ -66,21 +72,20 @@ def snapshots(seeds: list[int]) -> tuple[Tensor, Data]:
 
 
 def operators(data: Data) -> dict[str, Tensor]:
+    """The three operators as CSR ``[target, source]``, without self loops: symmetric (PyG's
+    ``gcn_norm``), row-normalised (the mean operator) and column-normalised (its transpose)."""
     n = data.num_nodes
-    adj = torch.zeros(n, n)
-    adj[data.edge_index[0], data.edge_index[1]] = 1.0
-    deg = adj.sum(1)
-    inv = torch.where(deg > 0, 1.0 / deg, 0.0)
-    return {"sym": (inv.sqrt()[:, None] * adj * inv.sqrt()[None]).to_sparse_csr(),
-            "row": (inv[:, None] * adj).to_sparse_csr(),
-            "col": (adj * inv[None]).to_sparse_csr()}
+    edge_index, weight = gcn_norm(data.edge_index, None, n, add_self_loops=False)
+    mean = mean_operator(data.edge_index, n)
+    return {"sym": to_torch_csr_tensor(edge_index.flip(0), weight, size=(n, n)),
+            "row": mean, "col": mean.gnn_transpose}
 
 
 def propagate(op: Tensor, start: Tensor, alpha: float, post: Callable[[Tensor], Tensor],
               steps: int = 50) -> Tensor:
     out = start.clone()
     for _ in range(steps):
-        out = post(alpha * (op @ out) + (1 - alpha) * start)
+        out = post(torch.addmm(start, op, out, beta=1 - alpha, alpha=alpha))
     return out
 
 
