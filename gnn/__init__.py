@@ -11,10 +11,12 @@ __version__ = "0.1.0"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors",),  # every exception type; imports nothing
     ("config",),  # dataclasses, YAML, field checks; no torch
-    ("files", "timing", "metrics", "memory", "stats"),  # writes, clocks, scores, RSS, statistics
+    ("files", "timing", "metrics", "memory", "stats", "compiled"),  # writes, clocks, scores,
+    # RSS, statistics; numba compilation and random bits for the compiled kernels
     ("synthetic", "npz"),  # the CSBM graph generator; the .npz graph reader (no unpickling)
     ("data",),  # Planetoid and .npz loading, the cache, splits, graph checks, the dataset registry
-    ("kernels", "sample_kernel"),  # cached sparse operators, CSR products; the compiled sampler
+    ("kernels", "sample_kernel", "member_kernel"),  # cached sparse operators, CSR products;
+    # the compiled sampler; the members' compiled first layer
     ("models",),  # the model registry: thin subclasses of PyG's models
     ("sampling",),  # the neighbour sampler and its loader
     ("batching",),  # full-batch and sampled epochs behind one protocol

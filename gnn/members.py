@@ -62,12 +62,12 @@ MAX_MEMBERS = 1_000_000
 #: ``auto`` keeps ``members x hidden_channels`` at most this wide on a CPU. Measured on the
 #: 2-core development CPU (Cora, 20 seeds of 200 epochs, two threads, against 20 standalone
 #: fits): GCN (16 hidden) 6.3x at 20 members; MLP (64 hidden, only the rows read) 8.2x at 5
-#: and 13.1x at 20; GraphSAGE (64) 3.0x at 5 and at 20; APPNP (64, member-major) 3.6x at 5
-#: and at 20, and per member-epoch (steps with evaluation) 2.06 ms at 5, 1.88 ms at 8, 1.92 ms
-#: at 10, 2.38 ms at 20. Wider stacked activations leave the caches: the first layer's CSR
-#: product then reads a long row of the stacked weights per stored feature; the MLP's product
-#: has 140 rows.
-AUTO_WIDTH = {"mlp": 1280, "appnp": 512}
+#: and 13.1x at 20; GraphSAGE (64) 3.0x at 5 and at 20. APPNP (64, member-major, its first
+#: layer compiled), per member-epoch (steps with evaluation): 1.96 ms at 4, 1.68-1.78 ms at 8,
+#: 1.58-1.64 ms at 16 and 20, 1.53 ms at 32. Wider stacked activations leave the caches: the
+#: first layer's CSR product then reads a long row of the stacked weights per stored feature;
+#: the MLP's product has 140 rows.
+AUTO_WIDTH = {"mlp": 1280, "appnp": 1280}
 DEFAULT_AUTO_WIDTH = 320
 
 
@@ -167,6 +167,7 @@ class StackedModel(nn.Module):
         self.row_caches = {True: GraphCache(), False: GraphCache()}
         self.input_caches = {True: GraphCache(), False: GraphCache()}
         self.plan_caches = {True: GraphCache(), False: GraphCache()}
+        self.kernel_cache = GraphCache()  # the compiled first layer's view of the features
 
     def forward(self, x: Tensor, edge_index: Tensor, rows: Tensor | None = None) -> Tensor:
         """Logits ``[N, M, classes]``, or ``[len(rows), M, classes]`` for the nodes ``rows``
@@ -204,16 +205,27 @@ class StackedModel(nn.Module):
         the step several times). The logits then go side by side, ``[N, M * classes]``, for
         the propagation's sparse products."""
         n, members = x.size(0), self.members
-        x = _member_dropout(x, self.dropout, self.training, members)
-        h = self._member_first_layer(x)
+        h = self._activated_first_layer(x)
         for i in range(1, len(self.weights)):
-            h = _relu_dropout(h, self.dropout, self.training)
+            if i > 1:
+                h = _relu_dropout(h, self.dropout, self.training)
             h = torch.baddbmm(self.biases[i].view(members, 1, -1), h, self.weights[i])
         logits = h.transpose(0, 1).reshape(n, -1)
         adj = self._operator(edge_index, n, None)
         last = None if rows is None else self._operator(edge_index, n, rows)
         out = personalized_pagerank(adj, logits, self.K, self.alpha, rows, last)
         return out.view(out.size(0), members, -1)
+
+    def _activated_first_layer(self, x: Tensor) -> Tensor:
+        """Layer 0 of a member-major MLP with its input dropout, ReLU and dropout: compiled
+        (:mod:`gnn.member_kernel`) for CSR features on the CPU, else as tensor operations."""
+        p = self.dropout if self.training else 0.0
+        if not _compiled_first_layer(x, self.weights[0]):
+            h = self._member_first_layer(_member_dropout(x, p, self.training, self.members))
+            return _relu_dropout(h, p, self.training) if len(self.weights) > 1 else h
+        layer = self.kernel_cache.get(x, _first_layer_kernel)
+        seed = int(torch.randint(2**62, ())) if p > 0 else 0
+        return _CompiledFirstLayer.apply(layer, self.weights[0], self.biases[0], p, seed)
 
     def _member_first_layer(self, x: Tensor | MemberCSR) -> Tensor:
         """Member-major layer 0, ``[M, N, out]``, for CSR features (with or without each
@@ -478,6 +490,53 @@ class _MemberCSRProduct(torch.autograd.Function):
                                                shape)
             torch.mm(member_t, grad[m], out=grad_weight[m])
         return None, None, grad_weight, grad.sum(1).view(-1)
+
+
+def _compiled_first_layer(x: Tensor, weight: Tensor) -> bool:
+    """Whether a member-major first layer runs compiled: CSR float32 features on the CPU, with
+    a hidden layer after it (APPNP with one layer has no ReLU there), and numba installed."""
+    if x.layout != torch.sparse_csr or x.device.type != "cpu" or weight.dim() != 3:
+        return False
+    if x.dtype != torch.float32 or weight.dtype != torch.float32:
+        return False
+    from gnn.member_kernel import available
+    return available()
+
+
+def _first_layer_kernel(x: Tensor) -> Any:
+    """The compiled first layer over ``x``'s entries, on as many threads as torch uses."""
+    from gnn.member_kernel import FirstLayer
+    return FirstLayer(x.crow_indices().numpy(), x.col_indices().to(torch.int32).numpy(),
+                      x.values().contiguous().numpy(), x.size(1), torch.get_num_threads())
+
+
+class _CompiledFirstLayer(torch.autograd.Function):
+    """``dropout(relu(dropout(X) @ W_m + b_m))`` member-major ``[M, N, hidden]`` through
+    :class:`gnn.member_kernel.FirstLayer`. As tensor operations this layer drew a random byte
+    per entry and unit, multiplied the entries dropout had zeroed, and passed over the
+    activations once per operation: on Cora at 8 x 64 (two threads), forward and backward
+    cost about 11 ms a step, compiled about 3 ms."""
+
+    @staticmethod
+    def forward(ctx: Any, layer: Any, weight: Tensor, bias: Tensor, p: float,
+                seed: int) -> Tensor:
+        members = weight.size(0)
+        weight, bias = weight.detach().contiguous(), bias.detach().view(members, -1)
+        out = weight.new_empty(members, len(layer.crow) - 1, weight.size(2))
+        layer.forward(weight.numpy(), bias.numpy(), out.numpy(), p, seed)
+        ctx.layer, ctx.p = layer, p
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[None, Tensor, Tensor, None, None]:
+        (out,) = ctx.saved_tensors
+        members, hidden = out.size(0), out.size(2)
+        grad_weight = grad.new_empty(members, ctx.layer.features, hidden)
+        grad_bias = grad.new_empty(members, hidden)
+        ctx.layer.backward(out.numpy(), grad.contiguous().numpy(), grad_weight.numpy(),
+                           grad_bias.numpy(), ctx.p)
+        return None, grad_weight, grad_bias.view(-1), None, None
 
 
 def _pattern_transpose(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:

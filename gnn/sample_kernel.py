@@ -19,52 +19,30 @@ pay its import, and :func:`available` says whether it can be used at all.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import numpy as np
 
-try:
-    import numba
-except ImportError:  # the vectorised sampler serves instead
-    numba = None
+from gnn.compiled import GOLDEN, available, jit, mix64
+
+__all__ = ["FLOYD_LIMIT", "available", "sample_hops"]
 
 #: Largest fanout drawn with Floyd's algorithm (a linear scan of the picks so far).
 FLOYD_LIMIT = 32
 
 
-def available() -> bool:
-    return numba is not None
-
-
-def _jit(function: Callable[..., Any]) -> Callable[..., Any]:
-    """Compiled and cached next to this file when numba can (a read-only install compiles in
-    each process instead); the plain function without numba, never called then."""
-    if numba is None:
-        return function
-    try:
-        return numba.njit(cache=True, nogil=True)(function)
-    except RuntimeError:  # no writable cache location
-        return numba.njit(cache=False, nogil=True)(function)
-
-
-@_jit
+@jit
 def _next(state: np.ndarray) -> np.uint64:
     """splitmix64: the next 64 random bits of the stream kept in ``state[0]``."""
-    state[0] += np.uint64(0x9E3779B97F4A7C15)
-    z = state[0]
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
+    state[0] += GOLDEN
+    return mix64(state[0])
 
 
-@_jit
+@jit
 def _below(state: np.ndarray, n: int) -> int:
     """A uniform integer in ``[0, n)`` from 53 random bits (bias below ``n / 2**53``)."""
     return np.int64(np.float64(_next(state) >> np.uint64(11)) * (1.0 / 9007199254740992.0) * n)
 
 
-@_jit
+@jit
 def _pick(state: np.ndarray, d: int, k: int, replace: bool, chosen: np.ndarray) -> int:
     """Fill ``chosen`` with the offsets (in ``range(d)``) of a node's sampled in-neighbours;
     returns how many. ``k < 0``: all of them."""
@@ -99,7 +77,7 @@ def _pick(state: np.ndarray, d: int, k: int, replace: bool, chosen: np.ndarray) 
     return k
 
 
-@_jit
+@jit
 def _hop_bound(colptr: np.ndarray, node: np.ndarray, first: int, last: int, k: int,
                replace: bool) -> tuple:
     """Most edges the hop from ``node[first:last]`` can sample, and the largest degree."""
@@ -114,7 +92,7 @@ def _hop_bound(colptr: np.ndarray, node: np.ndarray, first: int, last: int, k: i
     return bound, max_deg
 
 
-@_jit
+@jit
 def _grow(array: np.ndarray, used: int, size: int) -> np.ndarray:
     """``array`` with room for ``size`` entries (doubling), its first ``used`` kept."""
     if size <= array.shape[0]:
@@ -124,7 +102,7 @@ def _grow(array: np.ndarray, used: int, size: int) -> np.ndarray:
     return bigger
 
 
-@_jit
+@jit
 def sample_hops(colptr: np.ndarray, row: np.ndarray, edge_id: np.ndarray, seeds: np.ndarray,
                 fanouts: np.ndarray, replace: bool, table: np.ndarray, unseen: int,
                 seed: int) -> tuple:

@@ -1,0 +1,170 @@
+"""The compiled first layer of stacked members (``gnn.member_kernel``): the same numbers as the
+tensor code without dropout, a correct backward with dropout, masks of each member's own, the
+same results on one thread or several, and a forked child that runs it too."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor
+from torch_geometric.data import Data
+
+from gnn import members
+from gnn.config import load_config
+from gnn.members import MemberBatch, MemberMasks, _initial_members
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+pytest.importorskip("numba", reason="the compiled first layer needs numba")
+from gnn.member_kernel import FirstLayer  # noqa: E402
+
+
+def _layer(seed: int = 0) -> tuple[FirstLayer, Tensor]:
+    """A compiled layer over random CSR features (300 x 40, about 30% filled)."""
+    generator = torch.Generator().manual_seed(seed)
+    dense = torch.rand(300, 40, generator=generator)
+    x = (dense * (torch.rand(300, 40, generator=generator) < 0.3)).to_sparse_csr()
+    return members._first_layer_kernel(x), x
+
+
+
+def _weights(m: int, features: int, hidden: int) -> tuple[np.ndarray, np.ndarray]:
+    generator = torch.Generator().manual_seed(1)
+    weight = torch.randn(m, features, hidden, generator=generator) * 0.3
+    bias = torch.randn(m, hidden, generator=generator) * 0.1
+    return weight.numpy(), bias.numpy()
+
+
+@pytest.mark.parametrize("layers", [2, 3])
+def test_compiled_stack_equals_tensor_code_without_dropout(layers: int, cora: Data,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           ) -> None:
+    """APPNP members without dropout: logits and every gradient as the tensor operations give
+    them, to float32 rounding, in training and evaluation mode."""
+    cfg = load_config(CONFIGS / "appnp.yaml").override(
+        {"model.dropout": 0.0, "model.num_layers": layers})
+    model = _initial_members(cfg, cora, [0, 1, 2])
+    batch = MemberBatch.build(cfg, cora, MemberMasks.shared(cora, 3), torch.device("cpu"))
+    assert batch.x.layout == torch.sparse_csr
+    grad = torch.randn(cora.num_nodes, 3, 7, generator=torch.Generator().manual_seed(0))
+    results = []
+    for compiled in (True, False):
+        if not compiled:
+            monkeypatch.setattr(members, "_compiled_first_layer", lambda x, w: False)
+        model.train()
+        out = model(batch.x, batch.edge_index)
+        grads = torch.autograd.grad((out * grad).sum(), list(model.parameters()))
+        model.eval()
+        with torch.inference_mode():
+            evaluated = model(batch.x, batch.edge_index)
+        results.append((out.detach(), grads, evaluated))
+    (out, grads, evaluated), (ref_out, ref_grads, ref_evaluated) = results
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(evaluated, ref_evaluated, rtol=1e-5, atol=1e-6)
+    for ours, ref in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_backward_with_dropout_is_the_gradient_of_its_forward() -> None:
+    """With dropout: the output is ``relu(X_kept @ W + b)`` times each unit's mask (the kept
+    entries, values scaled, are what the layer kept for its backward), and the weight and bias
+    gradients are that function's."""
+    layer, _ = _layer()
+    weight, bias = _weights(4, 40, 16)
+    out = np.empty((4, 300, 16), np.float32)
+    layer.forward(weight, bias, out, 0.5, seed=7)
+    grad = np.random.default_rng(0).standard_normal(out.shape).astype(np.float32)
+    grad_weight, grad_bias = np.empty_like(weight), np.empty_like(bias)
+    layer.backward(out, grad, grad_weight, grad_bias, 0.5)
+    crow, col, val = layer._kept
+    for m in range(4):
+        kept = torch.sparse_csr_tensor(torch.from_numpy(crow[m].copy()),
+                                       torch.from_numpy(col[m][:crow[m][-1]].astype(np.int64)),
+                                       torch.from_numpy(val[m][:crow[m][-1]].copy()),
+                                       (300, 40)).to_dense()
+        w = torch.from_numpy(weight[m]).requires_grad_()
+        b = torch.from_numpy(bias[m]).requires_grad_()
+        unit_mask = torch.from_numpy(out[m] > 0).float() * 2.0  # scale 1 / (1 - 0.5)
+        ref = torch.relu(kept @ w + b) * unit_mask
+        torch.testing.assert_close(torch.from_numpy(out[m]), ref.detach(), rtol=1e-5,
+                                   atol=1e-6)
+        ref.backward(torch.from_numpy(grad[m]))
+        torch.testing.assert_close(torch.from_numpy(grad_weight[m]), w.grad, rtol=1e-5,
+                                   atol=1e-5)
+        torch.testing.assert_close(torch.from_numpy(grad_bias[m]), b.grad, rtol=1e-5,
+                                   atol=1e-5)
+
+
+def test_members_draw_their_own_masks_at_the_drop_rate() -> None:
+    """Members with equal weights get different outputs; about 1 - p of the input entries
+    and of the positive units are kept; the same seed repeats a step, another does not."""
+    layer, x = _layer()
+    weight, bias = _weights(1, 40, 16)
+    weight, bias = np.repeat(weight, 6, 0), np.repeat(bias, 6, 0)
+    out = np.empty((6, 300, 16), np.float32)
+    layer.forward(weight, bias, out, 0.25, seed=3)
+    assert all(not np.array_equal(out[0], out[m]) for m in range(1, 6))
+    kept_entries = layer._kept[0][:, -1].sum() / (6 * x.values().numel())
+    assert kept_entries == pytest.approx(0.75, abs=0.02)
+    clean = np.empty_like(out)
+    layer.forward(weight, bias, clean, 0.0, seed=3)
+    assert (clean > 0).any()
+    again = np.empty_like(out)
+    layer.forward(weight, bias, again, 0.25, seed=3)
+    assert np.array_equal(out, again)
+    layer.forward(weight, bias, again, 0.25, seed=4)
+    assert not np.array_equal(out, again)
+
+
+def test_threads_change_nothing() -> None:
+    """One thread or two: bit for bit the same outputs and gradients."""
+    weight, bias = _weights(5, 40, 16)
+    grad = np.random.default_rng(1).standard_normal((5, 300, 16)).astype(np.float32)
+    results = []
+    for threads in (1, 2):
+        layer, _ = _layer()
+        layer.threads = threads
+        out = np.empty((5, 300, 16), np.float32)
+        layer.forward(weight, bias, out, 0.5, seed=11)
+        grad_weight, grad_bias = np.empty_like(weight), np.empty_like(bias)
+        layer.backward(out, grad, grad_weight, grad_bias, 0.5)
+        results.append((out, grad_weight, grad_bias))
+    for ours, other in zip(*results, strict=True):
+        assert np.array_equal(ours, other)
+
+
+def test_a_forked_child_runs_the_layer_after_its_parent(tmp_path: Path) -> None:
+    """The threading layer cannot serve a child forked from a process that used it (numba
+    ends such a child): after the parent ran the layer on two threads, a forked child runs it
+    on one and gets the parent's numbers."""
+    weight, bias = _weights(4, 40, 16)
+    layer, _ = _layer()
+    layer.threads = 2
+    out = np.empty((4, 300, 16), np.float32)
+    layer.forward(weight, bias, out, 0.5, seed=5)
+    result = tmp_path / "child.pkl"
+    pid = os.fork()
+    if pid == 0:  # the child: no pytest, no torch operations, only the layer
+        code = 1
+        try:
+            child = np.empty_like(out)
+            layer.forward(weight, bias, child, 0.5, seed=5)
+            result.write_bytes(pickle.dumps(child))
+            code = 0
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 120
+    while (done := os.waitpid(pid, os.WNOHANG)) == (0, 0):
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung")
+        time.sleep(0.05)
+    assert os.waitstatus_to_exitcode(done[1]) == 0
+    assert np.array_equal(pickle.loads(result.read_bytes()), out)
