@@ -2,7 +2,7 @@
 each member's input dropout, its sparse product with its own weights, its bias, ReLU and
 hidden dropout in one pass over the rows, and the backward of all of it in another.
 
-As tensor operations a 8-member APPNP step on Cora spent most of its time outside arithmetic:
+As tensor operations an 8-member APPNP step on Cora spent most of its time outside arithmetic:
 drawing a random byte per input entry and per hidden unit, writing the dropped values, the
 product, the masked activations and their gradients as separate passes over blocks of
 megabytes, and multiplying the half of the entries that dropout had zeroed. Here each member's
@@ -158,6 +158,13 @@ _SERIAL = (jit(_forward_members), jit(_backward_members))
 _PARALLEL = (parallel_jit(_forward_members), parallel_jit(_backward_members))
 
 
+def _drop(p: float) -> tuple[np.uint64, np.float32]:
+    """The byte threshold below which a position is dropped (``round(256 p)``) and the scale
+    of the kept ones."""
+    threshold = round(p * 256)
+    return np.uint64(threshold), np.float32(256.0 / (256 - threshold))
+
+
 class FirstLayer:
     """``dropout(relu(dropout(X) @ W_m + b_m))`` for every member ``m`` of a stack, CSR ``X``
     shared, and its backward.
@@ -173,7 +180,6 @@ class FirstLayer:
         self.crow, self.col, self.val, self.features = crow, col, val, features
         self.threads = max(1, threads)
         self._kept: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-        self._scale = np.float32(1.0)
 
     def _loops(self, members: int) -> tuple:
         if self.threads > 1 and members > 1 and parallel_allowed():
@@ -194,26 +200,22 @@ class FirstLayer:
         """Fill ``out [M, N, hidden]`` from ``weight [M, F, hidden]`` and ``bias [M, hidden]``
         with drop probability ``p`` (0: none, as in evaluation) and the step's ``seed``."""
         members = weight.shape[0]
-        threshold = np.uint64(round(p * 256))
-        scale = np.float32(256.0 / (256 - int(threshold)))
+        threshold, scale = _drop(p)
         seeds = _member_seeds(np.uint64(seed), members)
         kept = self._kept_buffers(members) if threshold else (self.crow[None], self.col[None],
                                                              self.val[None])
         self._loops(members)[0](self.crow, self.col, self.val, weight, bias, seeds, threshold,
                                 scale, out, *kept)
-        if threshold:
-            self._scale = scale
 
     def backward(self, out: np.ndarray, grad_out: np.ndarray, grad_weight: np.ndarray,
                  grad_bias: np.ndarray, p: float) -> None:
         """The weight and bias gradients of the last :meth:`forward` with drop probability
         ``p``, from its output ``out`` and the gradient ``grad_out`` flowing into it."""
         members = out.shape[0]
-        if p > 0:
+        threshold, scale = _drop(p)
+        if threshold:
             crow, col, val = self._kept_buffers(members)
-            scale = self._scale
         else:  # every member reads the shared entries
             crow, col, val = (np.broadcast_to(a, (members, *a.shape))
                               for a in (self.crow, self.col, self.val))
-            scale = np.float32(1.0)
         self._loops(members)[1](crow, col, val, out, grad_out, scale, grad_weight, grad_bias)

@@ -219,10 +219,12 @@ class StackedModel(nn.Module):
     def _activated_first_layer(self, x: Tensor) -> Tensor:
         """Layer 0 of a member-major MLP with its input dropout, ReLU and dropout: compiled
         (:mod:`gnn.member_kernel`) for CSR features on the CPU, else as tensor operations."""
+        hidden = len(self.weights) > 1  # one layer: layer 0 is the output, with no ReLU
+        if not (hidden and _compiled_first_layer(x, self.weights[0])):
+            h = self._member_first_layer(_member_dropout(x, self.dropout, self.training,
+                                                         self.members))
+            return _relu_dropout(h, self.dropout, self.training) if hidden else h
         p = self.dropout if self.training else 0.0
-        if not _compiled_first_layer(x, self.weights[0]):
-            h = self._member_first_layer(_member_dropout(x, p, self.training, self.members))
-            return _relu_dropout(h, p, self.training) if len(self.weights) > 1 else h
         layer = self.kernel_cache.get(x, _first_layer_kernel)
         seed = int(torch.randint(2**62, ())) if p > 0 else 0
         return _CompiledFirstLayer.apply(layer, self.weights[0], self.biases[0], p, seed)
@@ -493,8 +495,8 @@ class _MemberCSRProduct(torch.autograd.Function):
 
 
 def _compiled_first_layer(x: Tensor, weight: Tensor) -> bool:
-    """Whether a member-major first layer runs compiled: CSR float32 features on the CPU, with
-    a hidden layer after it (APPNP with one layer has no ReLU there), and numba installed."""
+    """Whether a member-major hidden first layer can run compiled: CSR float32 features on
+    the CPU, and numba installed."""
     if x.layout != torch.sparse_csr or x.device.type != "cpu" or weight.dim() != 3:
         return False
     if x.dtype != torch.float32 or weight.dtype != torch.float32:
