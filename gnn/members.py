@@ -203,14 +203,15 @@ class StackedModel(nn.Module):
         block, and ReLU, dropout and the next layer's ``baddbmm`` read them in place (side by
         side, ``[N, M * hidden]``, the transposes around ``bmm`` copied the widest tensor of
         the step several times). The logits then go side by side, ``[N, M * classes]``, for
-        the propagation's sparse products."""
+        the propagation's sparse products (:class:`_SideBySideLinear`)."""
         n, members = x.size(0), self.members
         h = self._activated_first_layer(x)
-        for i in range(1, len(self.weights)):
-            if i > 1:
-                h = _relu_dropout(h, self.dropout, self.training)
+        last = len(self.weights) - 1
+        for i in range(1, last):  # hidden layers after the first
             h = torch.baddbmm(self.biases[i].view(members, 1, -1), h, self.weights[i])
-        logits = h.transpose(0, 1).reshape(n, -1)
+            h = _relu_dropout(h, self.dropout, self.training)
+        logits = h.transpose(0, 1).reshape(n, -1) if last == 0 else \
+            _SideBySideLinear.apply(h, self.weights[last], self.biases[last])
         adj = self._operator(edge_index, n, None)
         last = None if rows is None else self._operator(edge_index, n, rows)
         out = personalized_pagerank(adj, logits, self.K, self.alpha, rows, last)
@@ -294,8 +295,7 @@ class StackedModel(nn.Module):
             return linear(h, w.t(), None, self) if h.layout == torch.sparse_csr \
                 else h @ w
         n = h.size(0)
-        out = torch.bmm(h.view(n, self.members, -1).transpose(0, 1), w)
-        return out.transpose(0, 1).reshape(n, -1)
+        return _SideBySideLinear.apply(h.view(n, self.members, -1).transpose(0, 1), w, None)
 
     def member_state(self, m: int) -> dict[str, Tensor]:
         """Member ``m``'s weights as the standalone model's state dict."""
@@ -539,6 +539,42 @@ class _CompiledFirstLayer(torch.autograd.Function):
         ctx.layer.backward(out.numpy(), grad.contiguous().numpy(), grad_weight.numpy(),
                            grad_bias.numpy(), ctx.p)
         return None, grad_weight, grad_bias.view(-1), None, None
+
+
+class _SideBySideLinear(torch.autograd.Function):
+    """Every member's ``h_m @ W_m (+ b_m)`` from ``h [M, N, in]`` (member-major, or a view of
+    side-by-side activations), returned side by side, ``[N, M * out]``. It computes the
+    transposed product ``W_m^T h_m^T``, ``[M, out, N]``, and the weight gradient as ``g_m^T
+    h_m``: for a narrow output the CPU's ``bmm`` is about 4x faster in that orientation (Cora,
+    20 members, 64 hidden, 7 classes, two threads: forward 0.6 against 2.5 ms, weight gradient
+    0.55 against 3.3 ms). The price is one reordering of the ``[N, M * out]`` result each way
+    (0.1 ms)."""
+
+    @staticmethod
+    def forward(ctx: Any, h: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        members, n, out = h.size(0), h.size(1), weight.size(2)
+        if bias is None:
+            transposed = torch.bmm(weight.transpose(1, 2), h.transpose(1, 2))
+        else:
+            transposed = torch.baddbmm(bias.view(members, out, 1), weight.transpose(1, 2),
+                                       h.transpose(1, 2))
+        ctx.save_for_backward(h, weight)
+        ctx.has_bias = bias is not None
+        return transposed.permute(2, 0, 1).reshape(n, members * out).contiguous()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        h, weight = ctx.saved_tensors
+        members, n, out = h.size(0), h.size(1), weight.size(2)
+        transposed = grad.reshape(n, members, out).permute(1, 2, 0).contiguous()
+        grad_h = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_h = torch.bmm(transposed.transpose(1, 2), weight.transpose(1, 2))
+        if ctx.needs_input_grad[1]:
+            grad_weight = torch.bmm(transposed, h).transpose(1, 2).contiguous()
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad.sum(0)
+        return grad_h, grad_weight, grad_bias
 
 
 def _pattern_transpose(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
