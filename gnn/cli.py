@@ -91,6 +91,9 @@ def _add_train(sub: Any) -> None:
                             "write one record per seed; --json then holds a list")
     train.add_argument("--members", default="auto", metavar="auto|N",
                        help="with --seeds: members per batched run (default auto)")
+    train.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="with --seeds: batched runs in N processes at once, torch's "
+                            "threads shared between them (default 1)")
 
 
 def _add_predict(sub: Any) -> None:
@@ -224,6 +227,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     resolve_device(cfg.train.device)
     if args.seeds is not None:
         return train_seeds(args, cfg)
+    if args.workers != 1:
+        raise UsageError("--workers: only with --seeds")
     if args.nproc is not None and not args.distributed:
         raise UsageError("--nproc: only with --distributed")
     if args.nproc is not None and not 1 <= args.nproc <= MAX_LOCAL_RANKS:
@@ -288,6 +293,8 @@ def train_seeds(args: argparse.Namespace, cfg: Config) -> int:
     from gnn.members import can_batch, fit_many, resolve_members, sequential_reason
 
     seeds, members = parse_seeds(args.seeds), parse_members(args.members)
+    if not 1 <= args.workers <= MAX_LOCAL_RANKS:
+        raise UsageError(f"--workers: must be 1..{MAX_LOCAL_RANKS}, got {args.workers}")
     for flag, given in (("--save", args.save), ("--distributed", args.distributed)):
         if given:
             raise UsageError(f"{flag}: not with --seeds (one checkpoint or job per run)")
@@ -299,7 +306,11 @@ def train_seeds(args: argparse.Namespace, cfg: Config) -> int:
     elif members not in (1, "auto"):
         warnings.warn(f"--members: {cfg.model.name} trains its seeds one after the other "
                        f"({sequential_reason(cfg)})", stacklevel=2)
-    results = fit_many(cfg, seeds, data, members=members if isinstance(members, int) else None)
+    if args.workers > 1 and (members == 1 or not can_batch(cfg)):
+        warnings.warn("--workers: only batched runs go to worker processes; these fits run "
+                      "one after the other in this one", stacklevel=2)
+    results = fit_many(cfg, seeds, data, members=members if isinstance(members, int) else None,
+                       workers=args.workers)
     for result in results:
         print(result.summary_line() + (f" members={result.members}"
                                        if result.members > 1 else ""))

@@ -18,7 +18,7 @@ from gnn.batching import make_batching
 from gnn.cli import main
 from gnn.config import load_config
 from gnn.errors import TrainingError
-from gnn.members import BATCHABLE, MemberMasks, fit_members
+from gnn.members import BATCHABLE, MemberMasks, fit_many, fit_members
 from gnn.training import FitResult, fit
 from tests.test_cli import one_line_error, run_error
 
@@ -294,6 +294,44 @@ def test_train_seeds_writes_one_record_per_seed(data_root: Path, tmp_path: Path,
     assert capsys.readouterr().out.count("members=3") == 3
 
 
+def test_workers_give_the_records_of_one_process(cora: Data) -> None:
+    """Batched runs in two worker processes give the records one process gives (one thread
+    each, as the tests run: the same operations, bit for bit), in the same order, without
+    the trained models; random splits travel with their runs."""
+    cfg = load_config(CONFIGS / "appnp.yaml").override(
+        {"train.epochs": 4, "data.split": "random"})
+    here = fit_many(cfg, [0, 1, 2], cora, members=2, splits=[0, 1])
+    pooled = fit_many(cfg, [0, 1, 2], cora, members=2, splits=[0, 1], workers=2)
+    assert [(r.split, r.seed) for r in pooled] == [(r.split, r.seed) for r in here] == [
+        (0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    for ours, theirs in zip(pooled, here, strict=True):
+        assert ours.history.train_loss == theirs.history.train_loss
+        assert (ours.best_epoch, ours.test_acc, ours.members) == \
+            (theirs.best_epoch, theirs.test_acc, theirs.members)
+        assert ours.trained is None and theirs.trained is not None
+    assert len({r.test_acc for r in pooled}) > 1  # not one member's record six times
+
+
+def test_an_error_in_a_worker_reaches_the_caller(cora: Data) -> None:
+    broken = cora.clone()
+    broken.x = broken.x.clone()
+    broken.x[int(broken.train_mask.nonzero()[0])] = float("inf")
+    cfg = load_config(CONFIGS / "mlp.yaml").override({"train.epochs": 3})
+    with pytest.raises(TrainingError, match=r"^non-finite loss at epoch 1 \(member 0\)$"):
+        fit_many(cfg, [0, 1, 2, 3], broken, members=2, workers=2)
+
+
+def test_workers_without_batched_runs_say_so(data_root: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--config", str(CONFIGS / "gcn.yaml"), "--root", str(data_root),
+                 "--epochs", "2", "--seeds", "0,1", "--members", "1", "--workers", "2"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.count("seed=") == 2
+    assert captured.err.strip().splitlines() == [
+        "gnn: warning: --workers: only batched runs go to worker processes; these fits run "
+        "one after the other in this one"]
+
+
 def test_a_model_that_cannot_batch_says_so(data_root: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "--config", str(CONFIGS / "gat.yaml"), "--root", str(data_root),
@@ -325,6 +363,8 @@ def test_input_dropout_trains_members_one_after_the_other(tmp_path: Path, data_r
     (["--seeds", "0-3", "--members", "zero"], "--members: expected auto or a number"),
     (["--seeds", "5-2"], "--seeds: expected A-B or A,B,..."),
     (["--seeds", "0-3", "--save", "m.pt"], "--save: not with --seeds"),
+    (["--seeds", "0-3", "--workers", "0"], "--workers: must be 1..256, got 0"),
+    (["--workers", "2"], "--workers: only with --seeds"),
 ])
 def test_bad_member_input_is_one_line(argv: list[str], message: str, data_root: Path,
                                       tmp_path: Path,
