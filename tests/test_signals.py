@@ -111,6 +111,59 @@ def test_sigint_and_sigterm_during_train_exit_cleanly(data_root: Path, tmp_path:
                 proc.wait()
 
 
+WORKERS_CHILD = """
+import os, signal, sys
+import gnn.members as members
+from gnn.cli import main
+signal.signal(signal.SIGINT, signal.default_int_handler)
+run = members._worker_run
+def announcing_run(cfg, seeds, splits):
+    print("TRAINING", os.getpid(), flush=True)
+    return run(cfg, seeds, splits)
+members._worker_run = announcing_run
+raise SystemExit(main(sys.argv[1:]))
+"""
+
+
+def test_ctrl_c_stops_the_worker_processes_at_once(data_root: Path, tmp_path: Path) -> None:
+    """Ctrl-C reaches the whole process group: the parent exits 130 with its one line and no
+    file, its workers ignore the signal and are ended by the parent, none left running."""
+    out = tmp_path / "runs.json"
+    argv = [sys.executable, "-c", WORKERS_CHILD, "train", "--root", str(data_root), "--model",
+            "gcn", "--epochs", "100000", "--seeds", "0-3", "--members", "2", "--workers", "2",
+            "--json", str(out)]
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # blocks until a worker starts its run
+        assert line.startswith("TRAINING"), proc.communicate(timeout=60)
+        worker = int(line.split()[1])
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+        assert err.strip().splitlines() == ["gnn: error: interrupted (SIGINT); no partial file "
+                                            "was written"]
+        assert not out.exists() and list(tmp_path.iterdir()) == []
+        deadline = time.monotonic() + 30
+        while _alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(worker)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie waiting to be reaped does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def test_sigint_during_bench_keeps_complete_rows_and_resume_finishes(data_root: Path,
                                                                       tmp_path: Path) -> None:
     import csv
