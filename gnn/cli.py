@@ -309,6 +309,9 @@ def train_seeds(args: argparse.Namespace, cfg: Config) -> int:
     if args.workers > 1 and (members == 1 or not can_batch(cfg)):
         warnings.warn("--workers: only batched runs go to worker processes; these fits run "
                       "one after the other in this one", stacklevel=2)
+    elif args.workers > 1 and cfg.train.device != "cpu":
+        warnings.warn(f"--workers: runs on {cfg.train.device} stay in this process (a forked "
+                      "worker cannot use CUDA once its parent has)", stacklevel=2)
     results = fit_many(cfg, seeds, data, members=members if isinstance(members, int) else None,
                        workers=args.workers)
     for result in results:

@@ -210,12 +210,12 @@ class StackedModel(nn.Module):
         the propagation's sparse products (:class:`_SideBySideLinear`)."""
         n, members = x.size(0), self.members
         h = self._activated_first_layer(x)
-        last = len(self.weights) - 1
-        for i in range(1, last):  # hidden layers after the first
+        output = len(self.weights) - 1  # the output layer's index
+        for i in range(1, output):  # hidden layers after the first
             h = torch.baddbmm(self.biases[i].view(members, 1, -1), h, self.weights[i])
             h = _relu_dropout(h, self.dropout, self.training)
-        logits = h.transpose(0, 1).reshape(n, -1) if last == 0 else \
-            _SideBySideLinear.apply(h, self.weights[last], self.biases[last])
+        logits = h.transpose(0, 1).reshape(n, -1) if output == 0 else \
+            _SideBySideLinear.apply(h, self.weights[output], self.biases[output])
         adj = self._operator(edge_index, n, None)
         last = None if rows is None else self._operator(edge_index, n, rows)
         out = personalized_pagerank(adj, logits, self.K, self.alpha, rows, last)
@@ -563,7 +563,6 @@ class _SideBySideLinear(torch.autograd.Function):
             transposed = torch.baddbmm(bias.view(members, out, 1), weight.transpose(1, 2),
                                        h.transpose(1, 2))
         ctx.save_for_backward(h, weight)
-        ctx.has_bias = bias is not None
         return transposed.permute(2, 0, 1).reshape(n, members * out).contiguous()
 
     @staticmethod
@@ -576,7 +575,7 @@ class _SideBySideLinear(torch.autograd.Function):
             grad_h = torch.bmm(transposed.transpose(1, 2), weight.transpose(1, 2))
         if ctx.needs_input_grad[1]:
             grad_weight = torch.bmm(transposed, h).transpose(1, 2).contiguous()
-        if ctx.has_bias and ctx.needs_input_grad[2]:
+        if ctx.needs_input_grad[2]:  # False where there is no bias
             grad_bias = grad.sum(0)
         return grad_h, grad_weight, grad_bias
 
@@ -984,7 +983,9 @@ def fit_many(cfg: Config, seeds: Sequence[int], data: Data | None = None,
     :func:`gnn.training.fit` after another. Without ``splits`` every run trains on the masks
     ``data`` carries (split ``data.split_seed``); with it, on each split id's masks
     (:func:`gnn.data.split_masks`: ``data.split: public`` has only split 0). With ``workers``
-    above 1 the batched runs go to that many processes (:func:`_fit_in_workers`)."""
+    above 1 the batched runs on the CPU go to that many processes (:func:`_fit_in_workers`);
+    a GPU's stay in this process, which has used CUDA by then (``auto`` asks it for free
+    memory) and so cannot fork a child that uses it."""
     data = load_dataset(cfg.data) if data is None else data
     split_rows = None if splits is None else split_masks(data, cfg.data, splits)
     ids = [cfg.data.split_seed] if split_rows is None else list(split_rows.ids)
@@ -996,7 +997,7 @@ def fit_many(cfg: Config, seeds: Sequence[int], data: Data | None = None,
     size = members or resolve_members("auto", len(pairs), cfg, data)
     runs = [([seed for _, seed in group], None if splits is None else [s for s, _ in group])
             for group in member_groups(cfg, pairs, size, split_of=lambda pair: pair[0])]
-    if workers > 1 and len(runs) > 1:
+    if workers > 1 and len(runs) > 1 and resolve_device(cfg.train.device).type == "cpu":
         return _fit_in_workers(cfg, runs, data, workers)
     results: list[FitResult] = []
     for run_seeds, run_splits in runs:
