@@ -74,20 +74,26 @@ def test_members_ratio_record(name: str, device: torch.device, cora: Data) -> No
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize("name", ["gcn", "mlp", "appnp"])
-def test_two_thousand_fits(bench, name: str, device: torch.device, cora: Data) -> None:
+def test_two_thousand_fits(bench, name: str, workers: int, device: torch.device,
+                           cora: Data) -> None:
     """The protocol's 100 splits x 20 seeds of one model (200 epochs each) as batched runs of
-    the ``auto`` member count (seeds only: every member here trains on the public split)."""
+    the ``auto`` member count (seeds only: every member here trains on the public split), in
+    one process or in two worker processes (``--workers 2``; CPU only)."""
+    if workers > 1 and device.type != "cpu":
+        pytest.skip("worker processes run CPU work only")
     cfg = config_for(name, device)
     data = cora.to(device)
     seeds = list(range(2000))
-    members = resolve_members("auto", len(seeds), cfg, data)
+    members = resolve_members("auto", len(seeds), cfg, data, workers)
 
     def protocol() -> float:
-        return statistics.fmean(r.test_acc for r in fit_many(cfg, seeds, data, members))
+        results = fit_many(cfg, seeds, data, members, workers=workers)
+        return statistics.fmean(r.test_acc for r in results)
 
     mean = bench(protocol, device=device, group=f"2000-fits-{name}-{device.type}", rounds=1,
-                 warmup=0, members=members)
+                 warmup=0, members=members, workers=workers)
     assert 0.0 < mean <= 1.0
 
 

@@ -11,8 +11,9 @@ __version__ = "0.1.0"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors",),  # every exception type; imports nothing
     ("config",),  # dataclasses, YAML, field checks; no torch
-    ("files", "timing", "metrics", "memory", "stats", "compiled"),  # writes, clocks, scores,
-    # RSS, statistics; numba compilation and random bits for the compiled kernels
+    ("files", "timing", "metrics", "memory", "stats", "compiled", "workers"),  # writes, clocks,
+    # scores, RSS, statistics; numba compilation and random bits for the compiled kernels;
+    # forked worker processes
     ("synthetic", "npz"),  # the CSBM graph generator; the .npz graph reader (no unpickling)
     ("data",),  # Planetoid and .npz loading, the cache, splits, graph checks, the dataset registry
     ("kernels", "sample_kernel", "member_kernel"),  # cached sparse operators, CSR products;

@@ -17,7 +17,8 @@ import json
 import math
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ from gnn.members import (
 from gnn.memory import PeakWindow, probe_for
 from gnn.timing import measure_latency
 from gnn.training import FitResult, check_config, fit, resolve_device
+from gnn.workers import Workers, worker_state
 
 DEFAULT_SEEDS = 5
 MAX_SEEDS = 10_000
@@ -60,7 +62,7 @@ CSV_COLUMNS = (
     "num_params", "train_acc", "val_acc", "test_acc", "train_macro_f1", "val_macro_f1",
     "test_macro_f1", "total_train_time_s", "train_loop_time_s", "forward_ms_median",
     "forward_ms_iqr", "forward_ms_min", "latency_warmup", "latency_iters", "peak_memory_mb",
-    "memory_measure", "threads", "timestamp", "gnn_version", "python", "torch",
+    "memory_measure", "threads", "workers", "timestamp", "gnn_version", "python", "torch",
     "torch_geometric", "config_hash", "config_json",
 )
 
@@ -204,10 +206,11 @@ def _line(run: Run, result: FitResult) -> str:
     return line + (f" members={result.members}" if result.members > 1 else "")
 
 
-def batches(todo: Sequence[Run], members: str | int,
-            datasets: dict[str, Data]) -> list[list[Run]]:
+def batches(todo: Sequence[Run], members: str | int, datasets: dict[str, Data],
+            workers: int = 1) -> list[list[Run]]:
     """The order of work: runs of one config and device that can batch go together, up to
-    ``members`` at a time (``auto``: what fits in memory); the others one by one."""
+    ``members`` at a time (``auto``: what fits in each of ``workers`` processes' share of
+    the memory); the others one by one."""
     groups: dict[tuple[str, str], list[Run]] = {}
     for run in todo:
         groups.setdefault((run.name, run.device), []).append(run)
@@ -220,7 +223,7 @@ def batches(todo: Sequence[Run], members: str | int,
             work += [[run] for run in runs]
             continue
         size = resolve_members(members, len(runs), runs[0].cfg,
-                               datasets[_data_key(runs[0].cfg)])
+                               datasets[_data_key(runs[0].cfg)], workers)
         work += member_groups(runs[0].cfg, runs, size, split_of=lambda run: run.split)
     return work
 
@@ -320,8 +323,10 @@ class BenchResult:
 
 
 def run_bench(plan: Sequence[Run], out: Path, *, resume: bool, latency: LatencySettings,
-              progress: bool = True, members: str | int = "auto") -> BenchResult:
-    """Run what ``plan`` still lacks in ``out`` and return all its rows."""
+              progress: bool = True, members: str | int = "auto",
+              workers: int = 1) -> BenchResult:
+    """Run what ``plan`` still lacks in ``out`` and return all its rows; with ``workers``
+    above 1, in that many forked processes (CPU runs only: see :func:`_finished`)."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out: {out} is a file, expected a folder")
     log = RunLog(out)
@@ -340,7 +345,8 @@ def run_bench(plan: Sequence[Run], out: Path, *, resume: bool, latency: LatencyS
     todo = [run for run in plan if run.key not in done]
     datasets = _load_datasets(todo)  # data errors surface before any file is written
     _check_splits(todo, datasets)
-    work = batches(todo, members, datasets)
+    work = batches(todo, members, datasets, workers)
+    workers = max(1, min(workers, len(work)))
     ensure_writable_dir(out, "--out")
     log.start(rows)
 
@@ -348,15 +354,10 @@ def run_bench(plan: Sequence[Run], out: Path, *, resume: bool, latency: LatencyS
 
     bar = tqdm(total=len(plan), initial=len(plan) - len(todo), unit="run", desc="bench",
                disable=not progress, file=sys.stderr, dynamic_ncols=True)
-    with bar:
-        for group in work:
-            first = group[0]
-            seeds = ", ".join(str(run.seed) for run in group)
-            bar.set_postfix_str(f"{first.name} seed {seeds} {first.device}", refresh=True)
-            data = datasets[_data_key(first.cfg)]
-            done_rows = run_members(group, data, latency) if len(group) > 1 \
-                else [run_one(first, data, latency)]
+    with bar, closing(_finished(work, datasets, latency, workers, bar)) as finished:
+        for done_rows in finished:
             for row, line in done_rows:
+                row["workers"] = workers
                 log.append(row)
                 rows.append(row)
                 bar.update(1)
@@ -366,6 +367,38 @@ def run_bench(plan: Sequence[Run], out: Path, *, resume: bool, latency: LatencyS
     return BenchResult(rows=[by_key[run.key] for run in plan], ran=len(todo),
                        resumed=len(plan) - len(todo), dropped=dropped,
                        other_rows=len(by_key.keys() - planned.keys()))
+
+
+def _finished(work: Sequence[list[Run]], datasets: dict[str, Data], latency: LatencySettings,
+              workers: int, bar: Any) -> Iterator[list[tuple[dict[str, Any], str]]]:
+    """Each group's rows and summary lines as the group finishes: one group after another in
+    this process, or, with ``workers`` above 1, in that many forked processes of one share
+    of the threads each (:class:`gnn.workers.Workers`), in the order they finish (the caller
+    keeps CUDA runs in one process: a child forked from a parent that has used CUDA cannot
+    use it)."""
+    if workers == 1:
+        for group in work:
+            seeds = ", ".join(str(run.seed) for run in group)
+            bar.set_postfix_str(f"{group[0].name} seed {seeds} {group[0].device}", refresh=True)
+            yield _run_group(group, datasets[_data_key(group[0].cfg)], latency)
+        return
+    bar.set_postfix_str(f"{workers} workers", refresh=True)
+    with Workers(workers, datasets) as pool:
+        for _, done_rows in pool.as_completed(_worker_group, [(g, latency) for g in work]):
+            yield done_rows
+
+
+def _run_group(group: list[Run], data: Data,
+               latency: LatencySettings) -> list[tuple[dict[str, Any], str]]:
+    """One group of :func:`batches`: a batched run of its members, or one run alone."""
+    return run_members(group, data, latency) if len(group) > 1 \
+        else [run_one(group[0], data, latency)]
+
+
+def _worker_group(item: tuple[list[Run], LatencySettings]) -> list[tuple[dict[str, Any], str]]:
+    """:func:`_run_group` in a worker, on the graphs its parent loaded."""
+    group, latency = item
+    return _run_group(group, worker_state()[_data_key(group[0].cfg)], latency)
 
 
 def _data_key(cfg: Config) -> str:

@@ -161,6 +161,10 @@ def _add_bench(sub: Any) -> None:
     bench.add_argument("--members", default="auto", metavar="auto|N",
                        help="train up to N seeds of a model as members of one batched run "
                             "(auto: as many as fit in memory; 1: one run per seed)")
+    bench.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="train the runs in N processes at once, each with an equal share "
+                            "of the threads (CPU runs only; their times are measured while the "
+                            "others run; default 1)")
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
     bench.add_argument("--trust-data", action="store_true", default=None,
                        help="load raw files whose SHA-256 differs from the public ones")
@@ -302,7 +306,8 @@ def train_seeds(args: argparse.Namespace, cfg: Config) -> int:
         check_output_file(args.json, "--json")
     data = load_dataset(cfg.data)
     if can_batch(cfg):
-        members = resolve_members(members, len(seeds), cfg, data)
+        processes = args.workers if cfg.train.device == "cpu" else 1
+        members = resolve_members(members, len(seeds), cfg, data, processes)
     elif members not in (1, "auto"):
         warnings.warn(f"--members: {cfg.model.name} trains its seeds one after the other "
                        f"({sequential_reason(cfg)})", stacklevel=2)
@@ -468,12 +473,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
                  "data.trust_data": args.trust_data, "train.progress": False,
                  "data.split": args.split, "data.largest_component": args.largest_component}
     members = parse_members(args.members)
+    workers = args.workers
+    if not 1 <= workers <= MAX_LOCAL_RANKS:
+        raise UsageError(f"--workers: must be 1..{MAX_LOCAL_RANKS}, got {workers}")
     plan = bench.plan_runs(names, seeds, args.devices, configs_dir, overrides, args.splits)
     latency = bench.QUICK_LATENCY if args.quick else bench.LatencySettings()
     out = Path(args.out)
     try:
         result = bench.run_bench(plan, out, resume=args.resume, latency=latency,
-                                 progress=not args.no_progress, members=members)
+                                 progress=not args.no_progress, members=members,
+                                 workers=_bench_workers(workers, args.devices))
     except (KeyboardInterrupt, Terminated) as exc:
         raise type(exc)(f"the finished runs are in {out}; run the same command with --resume "
                         "to finish") from None
@@ -493,6 +502,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     written = [out / bench.JSONL, out / bench.CSV, *paths]
     print(f"{'; '.join(notes)}. Wrote {', '.join(map(str, written))}")
     return 0
+
+
+def _bench_workers(workers: int, devices: Sequence[str]) -> int:
+    """``--workers`` for a bench on ``devices``: CUDA runs keep every run in this process."""
+    if workers > 1 and "cuda" in devices:
+        warnings.warn("--workers: runs on cuda stay in this process (a forked worker cannot "
+                      "use CUDA once its parent has), so every run trains here", stacklevel=2)
+        return 1
+    return workers
 
 
 def cmd_tune(args: argparse.Namespace) -> int:

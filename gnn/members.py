@@ -18,13 +18,9 @@ from __future__ import annotations
 
 import copy
 import math
-import multiprocessing
-import signal
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -58,6 +54,7 @@ from gnn.metrics import member_metrics
 from gnn.models import build_model, count_parameters
 from gnn.timing import Timer
 from gnn.training import FitResult, History, fit, resolve_device, set_seed, versions
+from gnn.workers import Workers, worker_state
 
 #: Models whose members train batched; the others (GAT, sampled GraphSAGE) train their members
 #: one after the other.
@@ -109,11 +106,13 @@ def available_bytes(device: torch.device) -> int:
     return psutil.virtual_memory().available
 
 
-def resolve_members(requested: str | int, runs: int, cfg: Config, data: Data) -> int:
+def resolve_members(requested: str | int, runs: int, cfg: Config, data: Data,
+                    workers: int = 1) -> int:
     """How many members to train at once: ``auto`` fills half the free memory, a number is
-    checked against it (one line naming the need, before any training)."""
+    checked against it (one line naming the need, before any training); with ``workers``
+    processes training at once, each has its share of the free memory."""
     per_member = member_bytes(cfg, data)
-    free = available_bytes(torch.device(cfg.train.device))
+    free = available_bytes(torch.device(cfg.train.device)) // workers
     if requested == "auto":
         cap = min(free // 2 // max(per_member, 1),
                   max(1, AUTO_WIDTH.get(cfg.model.name, DEFAULT_AUTO_WIDTH)
@@ -128,7 +127,8 @@ def resolve_members(requested: str | int, runs: int, cfg: Config, data: Data) ->
     if members * per_member > free:
         raise ConfigError(f"--members: {members} members of {cfg.model.name} need about "
                           f"{members * per_member / 2**30:.1f} GiB; "
-                          f"{free / 2**30:.1f} GiB is free")
+                          f"{free / 2**30:.1f} GiB is free"
+                          + (f" for each of {workers} workers" if workers > 1 else ""))
     return members
 
 
@@ -994,10 +994,11 @@ def fit_many(cfg: Config, seeds: Sequence[int], data: Data | None = None,
         return [fit(cfg.override({"train.seed": seed, "data.split_seed": split}),
                     data if split_rows is None else with_split(data, split_rows, split))
                 for split, seed in pairs]
-    size = members or resolve_members("auto", len(pairs), cfg, data)
+    workers = workers if resolve_device(cfg.train.device).type == "cpu" else 1
+    size = members or resolve_members("auto", len(pairs), cfg, data, workers)
     runs = [([seed for _, seed in group], None if splits is None else [s for s, _ in group])
             for group in member_groups(cfg, pairs, size, split_of=lambda pair: pair[0])]
-    if workers > 1 and len(runs) > 1 and resolve_device(cfg.train.device).type == "cpu":
+    if workers > 1 and len(runs) > 1:
         return _fit_in_workers(cfg, runs, data, workers)
     results: list[FitResult] = []
     for run_seeds, run_splits in runs:
@@ -1005,48 +1006,18 @@ def fit_many(cfg: Config, seeds: Sequence[int], data: Data | None = None,
     return results
 
 
-#: A worker process's graph, inherited from the parent when the pool forks it.
-_worker_data: Data | None = None
-
-
-def _start_worker(threads: int, data: Data) -> None:
-    """A worker leaves Ctrl-C to its parent (a terminal sends it to the whole process group)
-    and ends at once on SIGTERM, which the parent sends it when the run is stopped."""
-    global _worker_data
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    torch.set_num_threads(threads)
-    _worker_data = data
-
-
-def _worker_run(cfg: Config, seeds: list[int], splits: list[int] | None) -> list[FitResult]:
-    """One batched run in a worker; its results come back as records (the members' trained
-    models and data views stay in the worker)."""
+def _worker_run(run: tuple[Config, list[int], list[int] | None]) -> list[FitResult]:
+    """One batched run in a worker (on the graph its parent handed over); its results come
+    back as records: the members' trained models and data views stay in the worker."""
+    cfg, seeds, splits = run
     return [replace(result, trained=None, data=None)
-            for result in fit_members(cfg, seeds, _worker_data, splits=splits)]
+            for result in fit_members(cfg, seeds, worker_state(), splits=splits)]
 
 
 def _fit_in_workers(cfg: Config, runs: list[tuple[list[int], list[int] | None]], data: Data,
                     workers: int) -> list[FitResult]:
-    """The batched runs ``runs`` on ``workers`` forked processes, each with an equal share of
-    torch's threads (at least one), results in the order of ``runs``. On the 2-core CPU two
-    processes of one thread do more than one process of two: a step is hundreds of short
-    operations, and two threads wait for each other at the end of each (20-member APPNP
-    steps, per member-epoch for the machine: 1.16-1.21 against 1.43-1.87 ms)."""
-    threads = max(1, torch.get_num_threads() // workers)
-    context = multiprocessing.get_context("fork")
-    others = set(multiprocessing.active_children())
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
-                               initargs=(threads, data))
-    try:
-        futures = [pool.submit(_worker_run, cfg, seeds, splits) for seeds, splits in runs]
-        results = [result for future in futures for result in future.result()]
-    except BrokenProcessPool as exc:
-        raise TrainingError(f"a worker process ended abruptly ({exc})") from None
-    except BaseException:  # an error, Ctrl-C or SIGTERM: stop the workers' runs now
-        pool.shutdown(wait=False, cancel_futures=True)
-        for process in set(multiprocessing.active_children()) - others:
-            process.terminate()
-        raise
-    pool.shutdown()
-    return results
+    """The batched runs ``runs`` on ``workers`` forked processes (:class:`gnn.workers.Workers`),
+    results in the order of ``runs``."""
+    with Workers(workers, data) as pool:
+        done = pool.in_order(_worker_run, [(cfg, seeds, splits) for seeds, splits in runs])
+    return [result for results in done for result in results]

@@ -386,6 +386,17 @@ def _batched_note(summaries: Sequence[Summary]) -> str:
             "(`run_time_s` in the rows); peak memory is the whole run's.")
 
 
+def _workers_note(summaries: Sequence[Summary]) -> list[str]:
+    """Whether runs trained side by side in worker processes, whose times then include the
+    wait for the machine the others shared."""
+    workers = max(int(r.get("workers") or 1) for s in summaries for r in s.rows)
+    if workers == 1:
+        return []
+    return [f"- Trained in {workers} worker processes at once: train times and forward "
+            "latencies were measured while the other workers ran, so they are slower than "
+            "on an idle machine; compare them from a bench with `--workers 1`."]
+
+
 def _ids(values: set[int], noun: str) -> str:
     return f"{_count(len(values), noun)} ({', '.join(map(str, sorted(values)))})"
 
@@ -430,6 +441,7 @@ def summary_markdown(summaries: Sequence[Summary], meta: dict[str, Any]) -> str:
         "- peak_memory_mb: the largest over the runs of the "
         + "; ".join(MEMORY_MEASURES.get(m, m) for m in measures) + ".",
         _batched_note(summaries),
+        *_workers_note(summaries),
         "",
         *spread_section(summaries),
         *comparison_section(summaries),

@@ -14,6 +14,7 @@ from typing import Any
 
 import matplotlib.image
 import pytest
+import torch
 
 from gnn import bench
 from gnn.cli import main
@@ -238,6 +239,7 @@ def test_resume_after_interruption_has_no_duplicates(
     (["--epochs", "0"], "train.epochs"),
     (["--memory-budget-mb", "-1"], "--memory-budget-mb"),
     (["--devices", "tpu"], "--devices"),
+    (["--workers", "0"], "--workers: must be 1..256, got 0"),
 ])
 def test_bad_bench_input_exits_2_before_writing(args: list[str], message: str, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
@@ -245,6 +247,45 @@ def test_bad_bench_input_exits_2_before_writing(args: list[str], message: str, t
     assert main(["bench", "--out", str(out), *args]) == 2
     assert message in one_line_error(capsys)
     assert not out.exists()
+
+
+def test_workers_give_the_rows_of_one_process(data_root: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two worker processes (one thread each, as the tests run) train the runs of one process,
+    bit for bit: batched members on random splits and runs alone alike. Each row says how
+    many processes trained side by side, and the report says what that does to its times."""
+    argv = ["bench", "--quick", "--models", "mlp", "lp", "--split", "random", "--splits", "2",
+            "--seeds", "2", "--members", "2", "--root", str(data_root), "--no-progress"]
+    here: list[int] = []  # groups trained in this process (a worker's calls stay in it)
+    run_group = bench._run_group
+    monkeypatch.setattr(bench, "_run_group", lambda *a: here.append(1) or run_group(*a))
+    assert main([*argv, "--out", str(tmp_path / "one")]) == 0
+    assert len(here) == 6  # 2 batched runs of 2 mlp members, 4 label propagations
+    assert main([*argv, "--out", str(tmp_path / "two"), "--workers", "2"]) == 0
+    assert len(here) == 6
+    one, two = (jsonl_rows(tmp_path / name / bench.JSONL) for name in ("one", "two"))
+    by_key = {bench.row_key(row): row for row in one}
+    assert sorted(by_key) == sorted(bench.row_key(row) for row in two) and len(two) == 8
+    for row in two:
+        alone = by_key[bench.row_key(row)]
+        for field in ("best_epoch", "val_acc", "test_acc", "members", "history"):
+            assert row[field] == alone[field], field
+        assert (row["workers"], row["threads"], alone["workers"]) == (2, 1, 1)
+    assert len({row["test_acc"] for row in two if row["name"] == "mlp"}) > 1
+    note = "Trained in 2 worker processes at once"
+    assert note in (tmp_path / "two" / "summary.md").read_text()
+    assert note not in (tmp_path / "one" / "summary.md").read_text()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
+def test_bench_workers_on_a_gpu_stay_in_one_process(data_root: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--quick", "--models", "gcn", "--seeds", "2", "--devices", "cuda",
+                 "--root", str(data_root), "--no-progress", "--out", str(tmp_path / "b"),
+                 "--workers", "2"]) == 0
+    assert "gnn: warning: --workers: runs on cuda stay in this process" in \
+        capsys.readouterr().err
+    assert {row["workers"] for row in jsonl_rows(tmp_path / "b" / bench.JSONL)} == {1}
 
 
 def test_default_models_are_the_configs_present(tmp_path: Path) -> None:

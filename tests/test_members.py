@@ -14,10 +14,11 @@ from scipy.stats import ttest_ind
 from torch import Tensor
 from torch_geometric.data import Data
 
+import gnn.members as gnn_members
 from gnn.batching import make_batching
 from gnn.cli import main
 from gnn.config import load_config
-from gnn.errors import TrainingError
+from gnn.errors import ConfigError, TrainingError
 from gnn.members import BATCHABLE, MemberMasks, fit_many, fit_members
 from gnn.training import FitResult, fit
 from tests.test_cli import one_line_error, run_error
@@ -385,6 +386,19 @@ def test_bad_member_input_is_one_line(argv: list[str], message: str, data_root: 
                                       tmp_path: Path,
                                       capsys: pytest.CaptureFixture[str]) -> None:
     assert message in run_error(capsys, ["train", "--root", str(data_root), *argv])
+
+
+def test_workers_share_the_free_memory(cora: Data, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``auto`` fills half the free memory; processes training at once split it between them,
+    and a count that fits one process's memory but not its share is refused."""
+    cfg = load_config(CONFIGS / "gcn.yaml").override({"model.hidden_channels": 1})
+    need = gnn_members.member_bytes(cfg, cora)
+    monkeypatch.setattr(gnn_members, "available_bytes", lambda device: 40 * need)
+    assert gnn_members.resolve_members("auto", 100, cfg, cora) == 20
+    assert gnn_members.resolve_members("auto", 100, cfg, cora, workers=2) == 10
+    assert gnn_members.resolve_members(30, 100, cfg, cora) == 30
+    with pytest.raises(ConfigError, match=r"GiB is free for each of 2 workers$"):
+        gnn_members.resolve_members(30, 100, cfg, cora, workers=2)
 
 
 def test_bench_trains_seeds_as_members(data_root: Path, tmp_path: Path,

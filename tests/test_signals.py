@@ -117,9 +117,9 @@ import gnn.members as members
 from gnn.cli import main
 signal.signal(signal.SIGINT, signal.default_int_handler)
 run = members._worker_run
-def announcing_run(cfg, seeds, splits):
+def announcing_run(item):
     print("TRAINING", os.getpid(), flush=True)
-    return run(cfg, seeds, splits)
+    return run(item)
 members._worker_run = announcing_run
 raise SystemExit(main(sys.argv[1:]))
 """
@@ -153,6 +153,57 @@ def test_ctrl_c_stops_the_worker_processes_at_once(data_root: Path, tmp_path: Pa
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def test_ctrl_c_stops_the_bench_workers_keeps_their_rows_and_resume_finishes(
+        data_root: Path, tmp_path: Path) -> None:
+    """``gnn bench --workers 2`` writes each group's rows as it finishes; Ctrl-C to the process
+    group ends the workers at once and leaves whole rows, which ``--resume`` completes."""
+    import json
+
+    import psutil
+
+    out = tmp_path / "bench"
+    argv = [sys.executable, "-m", "gnn", "bench", "--models", "gcn", "--seeds", "20",
+            "--members", "2", "--epochs", "60", "--workers", "2", "--root", str(data_root),
+            "--out", str(out), "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    jsonl = out / "runs.jsonl"
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            if jsonl.is_file() and jsonl.read_text().count("\n") >= 2:
+                break
+            time.sleep(0.05)
+        workers = psutil.Process(proc.pid).children()
+        assert proc.poll() is None and len(workers) == 2, "bench finished too soon"
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == [
+        f"gnn: error: interrupted (SIGINT); the finished runs are in {out}; run the same "
+        "command with --resume to finish"]
+    deadline = time.monotonic() + 30
+    while any(_alive(w.pid) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(w.pid) for w in workers)
+    text = jsonl.read_text()
+    done = [json.loads(line) for line in text.splitlines()]
+    assert text.endswith("\n") and 2 <= len(done) < 20
+    assert (out / "runs.csv").read_text().count("\n") == len(done) + 1
+
+    resumed = subprocess.run([*argv, "--resume"], cwd=REPO, env=env, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    final = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert sorted(row["seed"] for row in final) == list(range(20))
+    assert final[: len(done)] == done
 
 
 def _alive(pid: int) -> bool:
