@@ -46,19 +46,21 @@ from gnn.kernels import (
     gcn_operator,
     linear,
     mean_operator,
+    pattern_transpose,
     personalized_pagerank,
     propagate,
     with_transpose,
 )
 from gnn.metrics import member_metrics
-from gnn.models import build_model, count_parameters
+from gnn.models import build_model, count_parameters, sgc_features
 from gnn.timing import Timer
 from gnn.training import FitResult, History, fit, resolve_device, set_seed, versions
 from gnn.workers import Workers, worker_state
 
-#: Models whose members train batched; the others (GAT, sampled GraphSAGE) train their members
-#: one after the other.
-BATCHABLE = ("mlp", "gcn", "sage", "appnp")
+#: Models whose members train batched; the others (GAT, sampled GraphSAGE, GCNII, label
+#: propagation, C&S) train their members one after the other. SGC batches as the one linear
+#: layer it is, on the propagated features it computes once.
+BATCHABLE = ("mlp", "gcn", "sage", "appnp", "sgc")
 MAX_MEMBERS = 1_000_000
 #: ``auto`` keeps ``members x hidden_channels`` at most this wide on a CPU. Measured on the
 #: 2-core development CPU (Cora, 20 seeds of 200 epochs, two threads, against 20 standalone
@@ -70,6 +72,9 @@ MAX_MEMBERS = 1_000_000
 #: the MLP's product has 140 rows.
 AUTO_WIDTH = {"mlp": 1280, "appnp": 1280}
 DEFAULT_AUTO_WIDTH = 320
+#: ``auto``'s members per run for SGC on a CPU: its one layer, ``members x classes`` wide,
+#: reads the training or validated rows alone.
+SGC_AUTO_MEMBERS = 20
 
 
 def sequential_reason(cfg: Config) -> str | None:
@@ -106,6 +111,14 @@ def available_bytes(device: torch.device) -> int:
     return psutil.virtual_memory().available
 
 
+def _auto_cap(cfg: Config) -> int:
+    """The most members ``auto`` stacks on a CPU (see :data:`AUTO_WIDTH`)."""
+    if cfg.model.name == "sgc":
+        return SGC_AUTO_MEMBERS
+    return max(1, AUTO_WIDTH.get(cfg.model.name, DEFAULT_AUTO_WIDTH)
+               // cfg.model.hidden_channels)
+
+
 def resolve_members(requested: str | int, runs: int, cfg: Config, data: Data,
                     workers: int = 1) -> int:
     """How many members to train at once: ``auto`` fills half the free memory, a number is
@@ -114,9 +127,7 @@ def resolve_members(requested: str | int, runs: int, cfg: Config, data: Data,
     per_member = member_bytes(cfg, data)
     free = available_bytes(torch.device(cfg.train.device)) // workers
     if requested == "auto":
-        cap = min(free // 2 // max(per_member, 1),
-                  max(1, AUTO_WIDTH.get(cfg.model.name, DEFAULT_AUTO_WIDTH)
-                      // cfg.model.hidden_channels))
+        cap = min(free // 2 // max(per_member, 1), _auto_cap(cfg))
         if cfg.train.device != "cpu":  # a GPU step is launch-bound: as many as fit
             cap = free // 2 // max(per_member, 1)
         groups = math.ceil(runs / max(1, min(cap, MAX_MEMBERS)))
@@ -172,6 +183,7 @@ class StackedModel(nn.Module):
         self.input_caches = {True: GraphCache(), False: GraphCache()}
         self.plan_caches = {True: GraphCache(), False: GraphCache()}
         self.kernel_cache = GraphCache()  # the compiled first layer's view of the features
+        self.feature_cache = GraphCache()  # SGC's propagated features
 
     def forward(self, x: Tensor, edge_index: Tensor, rows: Tensor | None = None) -> Tensor:
         """Logits ``[N, M, classes]``, or ``[len(rows), M, classes]`` for the nodes ``rows``
@@ -181,7 +193,10 @@ class StackedModel(nn.Module):
         if self.name == "appnp":
             return self._appnp(x, edge_index, rows)
         n = x.size(0)
-        if self.name == "mlp" and rows is not None:
+        if self.name == "sgc":  # a linear layer on the propagated features
+            adj = self.graph_cache.get(edge_index, self._build_operator, n)
+            x = sgc_features(self.feature_cache, x, adj, edge_index, self.K)
+        if self.name in ("mlp", "sgc") and rows is not None:
             x, n, rows = self._rows(x, rows), len(rows), None
         plan = None
         if rows is not None and self.name in ("gcn", "sage"):
@@ -241,7 +256,7 @@ class StackedModel(nn.Module):
         if isinstance(x, Tensor) and x.layout == torch.sparse_csr:
             x = MemberCSR(x, x.values().expand(self.members, -1))
         if isinstance(x, MemberCSR):
-            transpose = self.pattern_cache.get(x.pattern, _pattern_transpose)
+            transpose = self.pattern_cache.get(x.pattern, pattern_transpose)
             return _MemberCSRProduct.apply(x, transpose, w, bias.view(-1))
         if x.dim() == 3:  # each member's own (dropped) dense features
             return torch.baddbmm(bias, x, w)
@@ -252,7 +267,7 @@ class StackedModel(nn.Module):
     def _layer(self, i: int, h: Tensor, edge_index: Tensor, n: int) -> Tensor:
         """Layer ``i`` for every node."""
         bias = self.biases[i]
-        if self.name == "mlp":
+        if self.name in ("mlp", "sgc"):
             return self._linear(i, h, self.weights) + bias
         adj = self._operator(edge_index, n, None)
         out = propagate(adj, self._linear(i, h, self.weights), bias)
@@ -385,6 +400,8 @@ def _names(model: str, layers: int) -> list[tuple[str, str, str | None]]:
         return [(f"lins.{i}.weight", f"lins.{i}.bias", None) for i in range(layers)]
     if model == "gcn":
         return [(f"convs.{i}.lin.weight", f"convs.{i}.bias", None) for i in range(layers)]
+    if model == "sgc":
+        return [("conv.lin.weight", "conv.lin.bias", None)]
     return [(f"convs.{i}.lin_l.weight", f"convs.{i}.lin_l.bias", f"convs.{i}.lin_r.weight")
             for i in range(layers)]
 
@@ -392,7 +409,8 @@ def _names(model: str, layers: int) -> list[tuple[str, str, str | None]]:
 def _layer_tensors(model: str, module: nn.Module) -> list[tuple[Tensor, Tensor, Tensor | None]]:
     """Per layer: weight ``[in, out]``, bias ``[out]``, root weight or None."""
     state = module.state_dict()
-    layers = len(module.lins) if model in ("mlp", "appnp") else len(module.convs)
+    layers = len(module.lins) if model in ("mlp", "appnp") else 1 if model == "sgc" \
+        else len(module.convs)
     return [(state[w].t(), state[b], None if r is None else state[r].t())
             for w, b, r in _names(model, layers)]
 
@@ -578,15 +596,6 @@ class _SideBySideLinear(torch.autograd.Function):
         if ctx.needs_input_grad[2]:  # False where there is no bias
             grad_bias = grad.sum(0)
         return grad_h, grad_weight, grad_bias
-
-
-def _pattern_transpose(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """The CSR transpose of ``x``'s pattern and, for each of its entries, the position of the
-    same entry in ``x`` (so a member's values transpose by one gather)."""
-    positions = torch.arange(x.values().numel(), dtype=torch.float64, device=x.device)
-    marked = torch.sparse_csr_tensor(x.crow_indices(), x.col_indices(), positions, x.shape)
-    t = marked.t().to_sparse_csr()
-    return t.crow_indices(), t.col_indices(), t.values().long()
 
 
 # --------------------------------------------------------------------------------------------
@@ -918,7 +927,8 @@ def _final_member_logits(cfg: Config, model: StackedModel, sel: MemberSelection,
     with torch.no_grad():
         for best, p in zip(sel.best_state, model.parameters(), strict=True):
             p.copy_(best)
-    for cache in (model.graph_cache, *model.row_caches.values(), *model.input_caches.values()):
+    for cache in (model.graph_cache, model.feature_cache, *model.row_caches.values(),
+                  *model.input_caches.values()):
         cache.clear()
     x = node_features(data, cfg, model.members * cfg.model.hidden_channels).to(device)
     return _predict(model, x, data.edge_index.to(device)).float()

@@ -357,19 +357,25 @@ class SGC(nn.Module):
         if not self.fast:
             return self.conv(x.to_dense() if x.layout == torch.sparse_csr else x, edge_index)
         adj = self.graph_cache.get(edge_index, gcn_operator, x.size(0))
-        # keyed on the graph and on where the features live, not on their version counter:
-        # torch bumps a CSR tensor's version when it is read densely under inference_mode
-        h, _ = self.feature_cache.get(edge_index, lambda *_: (self._propagated(x, adj), x),
-                                      *_storage_key(x))
-        return self.conv.lin(h)
+        return self.conv.lin(sgc_features(self.feature_cache, x, adj, edge_index, self.conv.K))
 
-    def _propagated(self, x: Tensor, adj: Tensor) -> Tensor:
-        # a normal tensor even when first computed for an evaluation, so training can use it
-        with torch.inference_mode(False), torch.no_grad():
-            h = x.to_dense() if x.layout == torch.sparse_csr else x
-            for _ in range(self.conv.K):
-                h = propagate(adj, h)
-        return h
+
+def sgc_features(cache: GraphCache, x: Tensor, adj: Tensor, edge_index: Tensor,
+                 K: int) -> Tensor:
+    """SGC's features ``adj^K x`` (dense), computed once per graph and features in ``cache``:
+    keyed on the graph and on where the features live, not on their version counter (torch
+    bumps a CSR tensor's version when it is read densely under inference_mode)."""
+    h, _ = cache.get(edge_index, lambda *_: (_propagated(x, adj, K), x), *_storage_key(x))
+    return h
+
+
+def _propagated(x: Tensor, adj: Tensor, K: int) -> Tensor:
+    # a normal tensor even when first computed for an evaluation, so training can use it
+    with torch.inference_mode(False), torch.no_grad():
+        h = x.to_dense() if x.layout == torch.sparse_csr else x
+        for _ in range(K):
+            h = propagate(adj, h)
+    return h
 
 
 def _storage_key(x: Tensor) -> tuple[Any, ...]:
@@ -476,4 +482,5 @@ def count_parameters(model: nn.Module) -> int:
 
 
 __all__ = ["APPNP", "GAT", "GCN", "GCNII", "MLP", "MODELS", "SGC", "CorrectAndSmooth", "GraphSAGE",
-           "LabelPropagation", "build_model", "check_model_config", "count_parameters"]
+           "LabelPropagation", "build_model", "check_model_config", "count_parameters",
+           "sgc_features"]

@@ -147,14 +147,14 @@ def test_sgc_propagates_features_once_per_graph(cora: Data, monkeypatch: pytest.
                                                 ) -> None:
     """Evaluation (under inference_mode, where torch bumps a CSR tensor's version when it is
     read densely) and training reuse the propagated features; a new graph recomputes them."""
-    from gnn.models import SGC, build_model
+    from gnn import models
 
     cfg = config("sgc")
-    model = build_model(cfg.model, cora.num_features, 7)
+    model = models.build_model(cfg.model, cora.num_features, 7)
     calls = []
-    real = SGC._propagated
-    monkeypatch.setattr(SGC, "_propagated", lambda self, x, adj: calls.append(1) or
-                        real(self, x, adj))
+    real = models._propagated
+    monkeypatch.setattr(models, "_propagated", lambda x, adj, K: calls.append(1) or
+                        real(x, adj, K))
     feed = make_batching(cfg, cora, torch.device("cpu"))
     for _ in range(3):
         feed.predict(model)

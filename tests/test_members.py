@@ -177,7 +177,8 @@ def test_rows_of_a_stacked_model_equal_its_full_forward(name: str, layers: int, 
 def test_member_csr_product_and_gradient_equal_dense() -> None:
     """Per-member input dropout on CSR features: each member's product ``[M, N, out]`` and
     its weight and bias gradients equal the dense computation."""
-    from gnn.members import MemberCSR, _MemberCSRProduct, _pattern_transpose
+    from gnn.kernels import pattern_transpose
+    from gnn.members import MemberCSR, _MemberCSRProduct
 
     generator = torch.Generator().manual_seed(0)
     dense = torch.rand(30, 12, generator=generator) * (torch.rand(30, 12, generator=generator)
@@ -186,7 +187,7 @@ def test_member_csr_product_and_gradient_equal_dense() -> None:
     values = torch.rand(3, x.values().numel(), generator=generator)
     weight = torch.randn(3, 12, 4, generator=generator, requires_grad=True)
     bias = torch.randn(3 * 4, generator=generator, requires_grad=True)
-    out = _MemberCSRProduct.apply(MemberCSR(x, values), _pattern_transpose(x), weight, bias)
+    out = _MemberCSRProduct.apply(MemberCSR(x, values), pattern_transpose(x), weight, bias)
     grad = torch.randn_like(out)
     out.backward(grad)
     ref_weight = weight.detach().clone().requires_grad_()

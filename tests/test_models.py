@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gnn.config import ModelConfig
-from gnn.kernels import feature_dropout
+from gnn.kernels import SparseAwareLinear, feature_dropout
 from gnn.models import MODELS, build_model
 from tests.strategies import features, graphs
 
@@ -220,3 +220,27 @@ def test_input_dropout_drops_the_features_once_and_only_in_training(name: str,
     assert not torch.allclose(got, run(plain, x, edge_index))  # something was dropped
     torch.testing.assert_close(run(dropping.eval(), x, edge_index),
                                run(plain.eval(), x, edge_index))
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**16), rows=st.integers(1, 12), cols=st.integers(1, 9))
+def test_sparse_linear_on_new_values_of_one_pattern(seed: int, rows: int, cols: int) -> None:
+    """CSR input whose values change on one pattern (input dropout every step) gives the
+    dense product's output and weight gradient, with the pattern transposed once."""
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.rand(rows, cols, generator=g) * (torch.rand(rows, cols, generator=g) < 0.4))
+    x = x.to_sparse_csr()
+    torch.manual_seed(seed)
+    layer = SparseAwareLinear(cols, 4)
+    built = []
+    for _ in range(3):
+        values = x.values() * (torch.rand(x.values().shape, generator=g) < 0.5) * 2.0
+        dropped = torch.sparse_csr_tensor(x.crow_indices(), x.col_indices(), values, x.shape)
+        upstream = torch.randn(rows, 4, generator=g)
+        (grad,) = torch.autograd.grad((layer(dropped) * upstream).sum(), layer.weight)
+        dense_out = dropped.to_dense() @ layer.weight.t() + layer.bias
+        (want,) = torch.autograd.grad((dense_out * upstream).sum(), layer.weight)
+        torch.testing.assert_close(layer(dropped), dense_out)
+        torch.testing.assert_close(grad, want)
+        built.append(layer.__dict__["_x_pattern_transpose"]._value)
+    assert built[0] is built[1] is built[2]
