@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 import psutil
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
@@ -42,6 +43,7 @@ from gnn.data import (
 from gnn.errors import ConfigError, TrainingError
 from gnn.kernels import (
     GraphCache,
+    adjacency_operator,
     csr_rows,
     gcn_operator,
     linear,
@@ -52,15 +54,23 @@ from gnn.kernels import (
     with_transpose,
 )
 from gnn.metrics import member_metrics
-from gnn.models import build_model, count_parameters, sgc_features
+from gnn.models import (
+    MODELS,
+    build_model,
+    count_parameters,
+    label_matrix,
+    probabilities_to_logits,
+    sgc_features,
+)
 from gnn.timing import Timer
 from gnn.training import FitResult, History, fit, resolve_device, set_seed, versions
 from gnn.workers import Workers, worker_state
 
 #: Models whose members train batched; the others (GAT, sampled GraphSAGE, GCNII, label
-#: propagation, C&S) train their members one after the other. SGC batches as the one linear
-#: layer it is, on the propagated features it computes once.
-BATCHABLE = ("mlp", "gcn", "sage", "appnp", "sgc")
+#: propagation) train their members one after the other. SGC batches as the one linear layer
+#: it is, on the propagated features it computes once; C&S as its MLP, each member's
+#: evaluation post-processed with its own training labels.
+BATCHABLE = ("mlp", "gcn", "sage", "appnp", "sgc", "cs")
 MAX_MEMBERS = 1_000_000
 #: ``auto`` keeps ``members x hidden_channels`` at most this wide on a CPU. Measured on the
 #: 2-core development CPU (Cora, 20 seeds of 200 epochs, two threads, against 20 standalone
@@ -70,7 +80,7 @@ MAX_MEMBERS = 1_000_000
 #: 1.58-1.64 ms at 16 and 20, 1.53 ms at 32. Wider stacked activations leave the caches: the
 #: first layer's CSR product then reads a long row of the stacked weights per stored feature;
 #: the MLP's product has 140 rows.
-AUTO_WIDTH = {"mlp": 1280, "appnp": 1280}
+AUTO_WIDTH = {"mlp": 1280, "appnp": 1280, "cs": 1280}
 DEFAULT_AUTO_WIDTH = 320
 #: ``auto``'s members per run for SGC on a CPU: its one layer, ``members x classes`` wide,
 #: reads the training or validated rows alone.
@@ -184,19 +194,31 @@ class StackedModel(nn.Module):
         self.plan_caches = {True: GraphCache(), False: GraphCache()}
         self.kernel_cache = GraphCache()  # the compiled first layer's view of the features
         self.feature_cache = GraphCache()  # SGC's propagated features
+        # C&S's post-processing (PyG's CorrectAndSmooth: no parameters), the members' own
+        self.post = getattr(models[0], "post", None)
 
-    def forward(self, x: Tensor, edge_index: Tensor, rows: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, edge_index: Tensor, rows: Tensor | None = None,
+                labels: Tensor | None = None) -> Tensor:
         """Logits ``[N, M, classes]``, or ``[len(rows), M, classes]`` for the nodes ``rows``
         alone: an MLP then computes only those rows, a GCN or GraphSAGE each layer only the
         rows the next one reads (:class:`ReceptiveRows`), and APPNP's last propagation reaches
-        those rows only; the loss's gradient is not scattered back into all N rows."""
+        those rows only; the loss's gradient is not scattered back into all N rows. C&S in
+        evaluation reads ``labels``, each member's one-hot training labels ``[M, N, C]``."""
         if self.name == "appnp":
             return self._appnp(x, edge_index, rows)
+        if self.name == "cs" and not self.training:
+            out = self._correct_and_smooth(self._layers(x, edge_index, None), edge_index,
+                                           labels)
+            return out if rows is None else out.index_select(0, rows)
+        return self._layers(x, edge_index, rows)
+
+    def _layers(self, x: Tensor, edge_index: Tensor, rows: Tensor | None) -> Tensor:
+        """The layers of an MLP, GCN, GraphSAGE or SGC (see :meth:`forward`)."""
         n = x.size(0)
         if self.name == "sgc":  # a linear layer on the propagated features
             adj = self.graph_cache.get(edge_index, self._build_operator, n)
             x = sgc_features(self.feature_cache, x, adj, edge_index, self.K)
-        if self.name in ("mlp", "sgc") and rows is not None:
+        if self.name in ("mlp", "sgc", "cs") and rows is not None:
             x, n, rows = self._rows(x, rows), len(rows), None
         plan = None
         if rows is not None and self.name in ("gcn", "sage"):
@@ -211,6 +233,23 @@ class StackedModel(nn.Module):
             if i < last:
                 h = _relu_dropout(h, self.dropout, self.training)
         return h.view(h.size(0), self.members, -1)
+
+    def _correct_and_smooth(self, logits: Tensor, edge_index: Tensor,
+                            labels: Tensor | None) -> Tensor:
+        """Each member's MLP logits ``[N, M, C]`` through C&S with its own training labels,
+        one member after another (PyG's ``CorrectAndSmooth``, as the standalone model: the
+        members' splits may differ)."""
+        if labels is None:
+            raise ValueError("C&S members evaluate with their training labels")
+        adj = self.graph_cache.get(edge_index, adjacency_operator, logits.size(0))
+        probs, post = logits.float().softmax(-1), self.post
+        assert post is not None
+        out = torch.empty_like(probs)
+        for m in range(self.members):
+            mask, y_train = label_matrix(labels[m])
+            y_soft = post.correct(probs[:, m].contiguous(), y_train, mask, adj)
+            out[:, m] = probabilities_to_logits(post.smooth(y_soft, y_train, mask, adj))
+        return out
 
     def _side_by_side(self, i: int) -> bool:
         """Whether layer ``i``'s weights are stored ``[in, M * out]`` (else ``[M, in, out]``)."""
@@ -267,7 +306,7 @@ class StackedModel(nn.Module):
     def _layer(self, i: int, h: Tensor, edge_index: Tensor, n: int) -> Tensor:
         """Layer ``i`` for every node."""
         bias = self.biases[i]
-        if self.name in ("mlp", "sgc"):
+        if self.name in ("mlp", "sgc", "cs"):
             return self._linear(i, h, self.weights) + bias
         adj = self._operator(edge_index, n, None)
         out = propagate(adj, self._linear(i, h, self.weights), bias)
@@ -396,7 +435,7 @@ def _input_rows(x: Tensor, rows: Tensor) -> Tensor:
 
 
 def _names(model: str, layers: int) -> list[tuple[str, str, str | None]]:
-    if model in ("mlp", "appnp"):
+    if model in ("mlp", "appnp", "cs"):
         return [(f"lins.{i}.weight", f"lins.{i}.bias", None) for i in range(layers)]
     if model == "gcn":
         return [(f"convs.{i}.lin.weight", f"convs.{i}.bias", None) for i in range(layers)]
@@ -409,7 +448,7 @@ def _names(model: str, layers: int) -> list[tuple[str, str, str | None]]:
 def _layer_tensors(model: str, module: nn.Module) -> list[tuple[Tensor, Tensor, Tensor | None]]:
     """Per layer: weight ``[in, out]``, bias ``[out]``, root weight or None."""
     state = module.state_dict()
-    layers = len(module.lins) if model in ("mlp", "appnp") else 1 if model == "sgc" \
+    layers = len(module.lins) if model in ("mlp", "appnp", "cs") else 1 if model == "sgc" \
         else len(module.convs)
     return [(state[w].t(), state[b], None if r is None else state[r].t())
             for w, b, r in _names(model, layers)]
@@ -693,9 +732,10 @@ def fit_members(cfg: Config, seeds: Sequence[int], data: Data | None = None,
                                  capturable=device.type == "cuda")
     run_timer = Timer(device).start()
     sel, loop = _train_members(cfg, model, optimizer, seen, masks, device)
-    logits = _final_member_logits(cfg, model, sel, data, device)
-    run_time = run_timer.stop()
     final = MemberMasks.shared(data, len(seeds)) if seen is not data else masks
+    logits = _final_member_logits(cfg, model, sel, data, member_labels(cfg, data.y, final.train),
+                                  device)
+    run_time = run_timer.stop()
     metrics = _split_metrics(logits, data.y, final)
     return [_member_result(cfg, data, seen, model, sel, m, (ids[m], seed), metrics[m],
                            final, str(logits.device), run_time, loop)
@@ -740,6 +780,7 @@ class MemberBatch:
     y_seen: Tensor
     train_seen: Tensor  # [M, len(seen_rows)]
     val_seen: Tensor
+    labels: Tensor | None  # each member's one-hot training labels, for a model that reads them
 
     @classmethod
     def build(cls, cfg: Config, seen: Data, masks: MemberMasks,
@@ -750,7 +791,18 @@ class MemberBatch:
         width = masks.train.size(0) * cfg.model.hidden_channels
         return cls(node_features(seen, cfg, width).to(device), seen.edge_index.to(device), rows,
                    y[rows], masks.train.to(device)[:, rows], seen_rows, y[seen_rows],
-                   *(m.to(device)[:, seen_rows] for m in (masks.train, masks.val)))
+                   *(m.to(device)[:, seen_rows] for m in (masks.train, masks.val)),
+                   member_labels(cfg, y, masks.train.to(device)))
+
+
+def member_labels(cfg: Config, y: Tensor, train: Tensor) -> Tensor | None:
+    """Each member's one-hot training labels ``[M, N, C]`` (zero rows for its other nodes), as
+    :func:`gnn.batching.training_labels` gives a standalone model that reads labels; ``None``
+    for a model that does not."""
+    if not getattr(MODELS[cfg.model.name], "uses_labels", False):
+        return None
+    classes = int(y.max()) + 1
+    return F.one_hot(y, classes).float().unsqueeze(0) * train.unsqueeze(-1)
 
 
 def _train_members(cfg: Config, model: StackedModel, optimizer: torch.optim.Optimizer,
@@ -761,7 +813,8 @@ def _train_members(cfg: Config, model: StackedModel, optimizer: torch.optim.Opti
     they are captured once in CUDA graphs and replayed; elsewhere they run as they are."""
     steps = DeviceSteps(cfg, model, optimizer, MemberBatch.build(cfg, seen, masks, device))
     train, evaluate = steps.train_step, steps.eval_step
-    if device.type == "cuda" and cfg.train.cuda_graph:
+    # C&S's evaluation selects each member's labelled rows (a size the graph cannot hold)
+    if device.type == "cuda" and cfg.train.cuda_graph and steps.b.labels is None:
         try:
             train, evaluate = capture_steps(steps)
         except RuntimeError as exc:  # an operation the graph cannot hold: run eagerly
@@ -830,7 +883,7 @@ class DeviceSteps:
         b, model = self.b, self.model
         model.eval()
         with torch.inference_mode():
-            pred = model(b.x, b.edge_index, b.seen_rows).argmax(-1)
+            pred = model(b.x, b.edge_index, b.seen_rows, b.labels).argmax(-1)
             val_acc = member_accuracy(pred, b.y_seen, b.val_seen)
             accs = torch.stack([member_accuracy(pred, b.y_seen, b.train_seen), val_acc])
             self.acc_log.index_copy_(0, self.evals.view(1), accs.unsqueeze(0))
@@ -906,10 +959,10 @@ def capture_steps(steps: DeviceSteps) -> tuple[Any, Any]:
 
 
 def _predict(model: StackedModel, x: Tensor, edge_index: Tensor,
-             rows: Tensor | None = None) -> Tensor:
+             rows: Tensor | None = None, labels: Tensor | None = None) -> Tensor:
     model.eval()
     with torch.inference_mode():
-        return model(x, edge_index, rows)
+        return model(x, edge_index, rows, labels)
 
 
 def _by_member(p: Tensor, members: int) -> Tensor:
@@ -922,8 +975,9 @@ def _by_member(p: Tensor, members: int) -> Tensor:
 
 
 def _final_member_logits(cfg: Config, model: StackedModel, sel: MemberSelection, data: Data,
-                         device: torch.device) -> Tensor:
-    """Every member's selected weights on the whole graph, ``[N, M, C]``."""
+                         labels: Tensor | None, device: torch.device) -> Tensor:
+    """Every member's selected weights on the whole graph, ``[N, M, C]`` (a model that reads
+    labels reads each member's training labels ``labels``)."""
     with torch.no_grad():
         for best, p in zip(sel.best_state, model.parameters(), strict=True):
             p.copy_(best)
@@ -931,7 +985,8 @@ def _final_member_logits(cfg: Config, model: StackedModel, sel: MemberSelection,
                   *model.input_caches.values()):
         cache.clear()
     x = node_features(data, cfg, model.members * cfg.model.hidden_channels).to(device)
-    return _predict(model, x, data.edge_index.to(device)).float()
+    return _predict(model, x, data.edge_index.to(device), None,
+                    None if labels is None else labels.to(device)).float()
 
 
 def _member_result(cfg: Config, data: Data, seen: Data, model: StackedModel,

@@ -80,11 +80,12 @@ def assert_weights_close(ours: dict[str, Tensor], theirs: dict[str, Tensor],
 #: (model, data.sparse_features, train.eval_every) cases of the exactness test: CSR features
 #: (``auto`` on Cora) for every batched model, dense ones too where the batched first layer is
 #: the standalone's product, and one run validated every third epoch. The MLP's batched dense
-#: product reads the training rows alone, a GEMM of another shape that rounds otherwise: on
-#: one thread a ReLU unit of seed 2 then forks at epoch 17 (losses within 2.4e-7 before, 4e-5
-#: after), so its weights are no longer comparable.
+#: product (C&S's too) reads the training rows alone, a GEMM of another shape that rounds
+#: otherwise: on one thread a ReLU unit of seed 2 then forks at epoch 17 (losses within 2.4e-7
+#: before, 4e-5 after), so its weights are no longer comparable.
 EXACT_CASES = [(name, "auto", 1) for name in BATCHABLE] + [
-    (name, "never", 1) for name in BATCHABLE if name != "mlp"] + [("appnp", "auto", 3)]
+    (name, "never", 1) for name in BATCHABLE if name not in ("mlp", "cs")] + [
+    ("appnp", "auto", 3)]
 
 
 @pytest.mark.parametrize(("name", "features", "every"), EXACT_CASES)
@@ -122,8 +123,11 @@ def test_member_equals_its_standalone_fit(name: str, features: str, every: int, 
         if off:
             print(f"\n{name} seed {seed} on {device}: {off} weights beyond rounding (a fork)")
         feed = make_batching(cfg, cora, device)
-        logits = feed.predict(member.trained.to(device)) - feed.predict(alone.trained)
-        assert float(logits.abs().max()) <= (1e-2 if FORKED[device.type] or forked else 1e-4)
+        ours, theirs = feed.predict(member.trained.to(device)), feed.predict(alone.trained)
+        if name == "cs":  # log-probabilities, whose logarithm magnifies tiny ones' rounding
+            ours, theirs = ours.exp(), theirs.exp()
+        gap = float((ours - theirs).abs().max())
+        assert gap <= (1e-2 if FORKED[device.type] or forked else 1e-4)
     print(f"\n{name} on {device}: largest per-epoch loss difference {worst:.2e}")
     assert worst < FORK_LOSS
 
@@ -216,7 +220,7 @@ def test_a_non_finite_loss_names_its_epoch_and_member(cora: Data) -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
 @pytest.mark.parametrize("members", [3, 20])
-@pytest.mark.parametrize("name", BATCHABLE)
+@pytest.mark.parametrize("name", [name for name in BATCHABLE if name != "cs"])  # cs: eager
 def test_cuda_graph_replay_equals_eager_steps(name: str, members: int, cora: Data) -> None:
     """Replaying the captured steps computes what launching them does: the capture's warm-up
     steps are undone, and no capture failure falls back silently (warnings are errors).
@@ -246,11 +250,12 @@ def test_cuda_graph_replay_equals_eager_steps(name: str, members: int, cora: Dat
                                        atol=WEIGHT_ATOL["cuda"])
 
 
-def test_members_follow_their_own_masks(cora: Data) -> None:
-    """Each member trains on its own train mask: a member given another split equals the
-    standalone fit on that split."""
-    cfg = load_config(CONFIGS / "gcn.yaml").override({"model.dropout": 0.0,
-                                                      "train.epochs": 20})
+@pytest.mark.parametrize("name", ["gcn", "cs"])
+def test_members_follow_their_own_masks(name: str, cora: Data) -> None:
+    """Each member trains on its own train mask (and C&S corrects and smooths with its own
+    training labels): a member given another split equals the standalone fit on that split."""
+    cfg = load_config(CONFIGS / f"{name}.yaml").override({"model.dropout": 0.0,
+                                                          "train.epochs": 20})
     other = cora.clone()
     generator = torch.Generator().manual_seed(5)
     pool = (~(cora.val_mask | cora.test_mask)).nonzero().view(-1)
@@ -264,6 +269,8 @@ def test_members_follow_their_own_masks(cora: Data) -> None:
         alone = fit(cfg, graph)
         assert member.best_epoch == alone.best_epoch
         assert member.history.train_loss == pytest.approx(alone.history.train_loss, abs=1e-5)
+        assert member.history.val_acc == pytest.approx(alone.history.val_acc, abs=1e-6)
+        assert member.test_acc == pytest.approx(alone.test_acc, abs=1e-6)
     assert batched[0].history.train_loss != pytest.approx(batched[1].history.train_loss)
 
 
