@@ -213,7 +213,7 @@ class StackedModel(nn.Module):
         return self._layers(x, edge_index, rows)
 
     def _layers(self, x: Tensor, edge_index: Tensor, rows: Tensor | None) -> Tensor:
-        """The layers of an MLP, GCN, GraphSAGE or SGC (see :meth:`forward`)."""
+        """The layers of an MLP (C&S's too), GCN, GraphSAGE or SGC (see :meth:`forward`)."""
         n = x.size(0)
         if self.name == "sgc":  # a linear layer on the propagated features
             adj = self.graph_cache.get(edge_index, self._build_operator, n)
@@ -239,11 +239,12 @@ class StackedModel(nn.Module):
         """Each member's MLP logits ``[N, M, C]`` through C&S with its own training labels,
         one member after another (PyG's ``CorrectAndSmooth``, as the standalone model: the
         members' splits may differ)."""
-        if labels is None:
+        post = self.post
+        if labels is None or post is None:
             raise ValueError("C&S members evaluate with their training labels")
+        # C&S's MLP reads no operator: the cache holds the unweighted adjacency C&S normalises
         adj = self.graph_cache.get(edge_index, adjacency_operator, logits.size(0))
-        probs, post = logits.float().softmax(-1), self.post
-        assert post is not None
+        probs = logits.float().softmax(-1)
         out = torch.empty_like(probs)
         for m in range(self.members):
             mask, y_train = label_matrix(labels[m])
