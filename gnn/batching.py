@@ -118,8 +118,14 @@ class FullBatch(Batching):
 def training_labels(data: Data) -> Tensor:
     """One-hot labels of the training nodes, zero rows for every other node: all a label-using
     model may know of the labels (never a validation or test label)."""
-    classes = int(data.y.max()) + 1
-    return F.one_hot(data.y, classes).float() * data.train_mask.unsqueeze(1)
+    return labels_on(data.y, data.train_mask)
+
+
+def labels_on(y: Tensor, train: Tensor) -> Tensor:
+    """One-hot labels ``y`` on the nodes ``train`` marks, zero rows elsewhere: ``[N, C]`` for
+    one mask ``[N]``, ``[M, N, C]`` for each of M members' masks ``[M, N]``."""
+    classes = int(y.max()) + 1
+    return F.one_hot(y, classes).float() * train.unsqueeze(-1)
 
 
 def make_batching(cfg: Config, data: Data, device: torch.device, *,

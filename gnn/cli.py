@@ -290,6 +290,18 @@ def parse_members(text: str) -> str | int:
     return int(text)
 
 
+#: Why ``--workers`` leaves GPU runs in the parent process (formatted with the device).
+GPU_STAYS = ("--workers: runs on {device} stay in this process (a forked worker cannot use "
+             "CUDA once its parent has)")
+
+
+def parse_workers(workers: int) -> int:
+    """``--workers`` of ``train`` and ``bench``, checked."""
+    if not 1 <= workers <= MAX_LOCAL_RANKS:
+        raise UsageError(f"--workers: must be 1..{MAX_LOCAL_RANKS}, got {workers}")
+    return workers
+
+
 def train_seeds(args: argparse.Namespace, cfg: Config) -> int:
     """``gnn train --seeds``: one result per seed, batched where the model batches."""
     from gnn.data import load_dataset
@@ -297,8 +309,7 @@ def train_seeds(args: argparse.Namespace, cfg: Config) -> int:
     from gnn.members import can_batch, fit_many, resolve_members, sequential_reason
 
     seeds, members = parse_seeds(args.seeds), parse_members(args.members)
-    if not 1 <= args.workers <= MAX_LOCAL_RANKS:
-        raise UsageError(f"--workers: must be 1..{MAX_LOCAL_RANKS}, got {args.workers}")
+    parse_workers(args.workers)
     for flag, given in (("--save", args.save), ("--distributed", args.distributed)):
         if given:
             raise UsageError(f"{flag}: not with --seeds (one checkpoint or job per run)")
@@ -315,8 +326,7 @@ def train_seeds(args: argparse.Namespace, cfg: Config) -> int:
         warnings.warn("--workers: only batched runs go to worker processes; these fits run "
                       "one after the other in this one", stacklevel=2)
     elif args.workers > 1 and cfg.train.device != "cpu":
-        warnings.warn(f"--workers: runs on {cfg.train.device} stay in this process (a forked "
-                      "worker cannot use CUDA once its parent has)", stacklevel=2)
+        warnings.warn(GPU_STAYS.format(device=cfg.train.device), stacklevel=2)
     results = fit_many(cfg, seeds, data, members=members if isinstance(members, int) else None,
                        workers=args.workers)
     for result in results:
@@ -441,11 +451,57 @@ def _write_scale_report(rows: list[Any], out: Any, plan: Any) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    import shlex
     from pathlib import Path
 
     from gnn import bench
-    from gnn.config import config_names, shipped_configs_dir
+    from gnn.config import shipped_configs_dir
+
+    configs_dir = Path(args.configs) if args.configs else shipped_configs_dir()
+    if not configs_dir.is_dir():
+        raise ConfigError(f"--configs: {configs_dir} is not a folder")
+    tuned = _tuning_record(configs_dir)
+    if args.memory_budget_mb is not None and not args.memory_budget_mb > 0:
+        raise ConfigError(f"--memory-budget-mb: must be > 0, got {args.memory_budget_mb}")
+    members, workers = parse_members(args.members), parse_workers(args.workers)
+    plan = _bench_plan(args, configs_dir)
+    latency = bench.QUICK_LATENCY if args.quick else bench.LatencySettings()
+    out = Path(args.out)
+    try:
+        result = bench.run_bench(plan, out, resume=args.resume, latency=latency,
+                                 progress=not args.no_progress, members=members,
+                                 workers=_bench_workers(workers, args.devices))
+    except (KeyboardInterrupt, Terminated) as exc:
+        raise type(exc)(f"the finished runs are in {out}; run the same command with --resume "
+                        "to finish") from None
+    _write_bench_report(args, result, out, tuned)
+    return 0
+
+
+def _bench_plan(args: argparse.Namespace, configs_dir: Any) -> list[Any]:
+    """``gnn bench``'s runs: the models, seeds, splits and devices asked for (``--quick``:
+    fewer seeds and epochs unless given)."""
+    from gnn import bench
+    from gnn.config import config_names
+
+    seeds = args.seeds
+    if seeds is None:
+        seeds = bench.QUICK_SEEDS if args.quick else bench.DEFAULT_SEEDS
+    epochs = args.epochs
+    if epochs is None and args.quick:
+        epochs = bench.QUICK_EPOCHS
+    overrides = {"data.name": args.dataset, "data.root": args.root, "train.epochs": epochs,
+                 "data.trust_data": args.trust_data, "train.progress": False,
+                 "data.split": args.split, "data.largest_component": args.largest_component}
+    names = args.models or config_names(configs_dir)
+    return bench.plan_runs(names, seeds, args.devices, configs_dir, overrides, args.splits)
+
+
+def _write_bench_report(args: argparse.Namespace, result: Any, out: Any,
+                        tuned: dict[str, Any] | None) -> None:
+    """The bench's report and figures in ``out``, its table and a line of what was done."""
+    import shlex
+
+    from gnn import bench
     from gnn.plots import bench_figures
     from gnn.report import (
         bench_documents,
@@ -456,36 +512,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
         write_files,
     )
 
-    configs_dir = Path(args.configs) if args.configs else shipped_configs_dir()
-    if not configs_dir.is_dir():
-        raise ConfigError(f"--configs: {configs_dir} is not a folder")
-    tuned = _tuning_record(configs_dir)
-    names = args.models or config_names(configs_dir)
-    seeds = args.seeds
-    if seeds is None:
-        seeds = bench.QUICK_SEEDS if args.quick else bench.DEFAULT_SEEDS
-    epochs = args.epochs
-    if epochs is None and args.quick:
-        epochs = bench.QUICK_EPOCHS
-    if args.memory_budget_mb is not None and not args.memory_budget_mb > 0:
-        raise ConfigError(f"--memory-budget-mb: must be > 0, got {args.memory_budget_mb}")
-    overrides = {"data.name": args.dataset, "data.root": args.root, "train.epochs": epochs,
-                 "data.trust_data": args.trust_data, "train.progress": False,
-                 "data.split": args.split, "data.largest_component": args.largest_component}
-    members = parse_members(args.members)
-    workers = args.workers
-    if not 1 <= workers <= MAX_LOCAL_RANKS:
-        raise UsageError(f"--workers: must be 1..{MAX_LOCAL_RANKS}, got {workers}")
-    plan = bench.plan_runs(names, seeds, args.devices, configs_dir, overrides, args.splits)
-    latency = bench.QUICK_LATENCY if args.quick else bench.LatencySettings()
-    out = Path(args.out)
-    try:
-        result = bench.run_bench(plan, out, resume=args.resume, latency=latency,
-                                 progress=not args.no_progress, members=members,
-                                 workers=_bench_workers(workers, args.devices))
-    except (KeyboardInterrupt, Terminated) as exc:
-        raise type(exc)(f"the finished runs are in {out}; run the same command with --resume "
-                        "to finish") from None
     command = "gnn " + shlex.join(sys.argv[1:] if args.argv is None else args.argv)
     summaries = summarize(result.rows)
     meta = machine_meta(command, args.devices)
@@ -501,14 +527,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         notes.append(f"{result.other_rows} rows of other runs kept but not reported")
     written = [out / bench.JSONL, out / bench.CSV, *paths]
     print(f"{'; '.join(notes)}. Wrote {', '.join(map(str, written))}")
-    return 0
 
 
 def _bench_workers(workers: int, devices: Sequence[str]) -> int:
     """``--workers`` for a bench on ``devices``: CUDA runs keep every run in this process."""
     if workers > 1 and "cuda" in devices:
-        warnings.warn("--workers: runs on cuda stay in this process (a forked worker cannot "
-                      "use CUDA once its parent has), so every run trains here", stacklevel=2)
+        warnings.warn(GPU_STAYS.format(device="cuda") + ", so every run trains here",
+                      stacklevel=2)
         return 1
     return workers
 

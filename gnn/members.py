@@ -26,11 +26,10 @@ from typing import Any, TypeVar
 
 import psutil
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
-from gnn.batching import node_features
+from gnn.batching import labels_on, node_features
 from gnn.config import Config
 from gnn.data import (
     SplitMasks,
@@ -51,6 +50,7 @@ from gnn.kernels import (
     pattern_transpose,
     personalized_pagerank,
     propagate,
+    transpose_values,
     with_transpose,
 )
 from gnn.metrics import member_metrics
@@ -71,6 +71,10 @@ from gnn.workers import Workers, worker_state
 #: it is, on the propagated features it computes once; C&S as its MLP, each member's
 #: evaluation post-processed with its own training labels.
 BATCHABLE = ("mlp", "gcn", "sage", "appnp", "sgc", "cs")
+#: Batched models whose layers read no graph (each row on its own: only the rows read are
+#: computed), and those whose standalone module is PyG's ``MLP`` (weights in ``lins``).
+ROW_WISE = ("mlp", "sgc", "cs")
+MLP_MODULES = ("mlp", "appnp", "cs")
 MAX_MEMBERS = 1_000_000
 #: ``auto`` keeps ``members x hidden_channels`` at most this wide on a CPU. Measured on the
 #: 2-core development CPU (Cora, 20 seeds of 200 epochs, two threads, against 20 standalone
@@ -218,7 +222,7 @@ class StackedModel(nn.Module):
         if self.name == "sgc":  # a linear layer on the propagated features
             adj = self.graph_cache.get(edge_index, self._build_operator, n)
             x = sgc_features(self.feature_cache, x, adj, edge_index, self.K)
-        if self.name in ("mlp", "sgc", "cs") and rows is not None:
+        if self.name in ROW_WISE and rows is not None:
             x, n, rows = self._rows(x, rows), len(rows), None
         plan = None
         if rows is not None and self.name in ("gcn", "sage"):
@@ -307,7 +311,7 @@ class StackedModel(nn.Module):
     def _layer(self, i: int, h: Tensor, edge_index: Tensor, n: int) -> Tensor:
         """Layer ``i`` for every node."""
         bias = self.biases[i]
-        if self.name in ("mlp", "sgc", "cs"):
+        if self.name in ROW_WISE:
             return self._linear(i, h, self.weights) + bias
         adj = self._operator(edge_index, n, None)
         out = propagate(adj, self._linear(i, h, self.weights), bias)
@@ -436,7 +440,7 @@ def _input_rows(x: Tensor, rows: Tensor) -> Tensor:
 
 
 def _names(model: str, layers: int) -> list[tuple[str, str, str | None]]:
-    if model in ("mlp", "appnp", "cs"):
+    if model in MLP_MODULES:
         return [(f"lins.{i}.weight", f"lins.{i}.bias", None) for i in range(layers)]
     if model == "gcn":
         return [(f"convs.{i}.lin.weight", f"convs.{i}.bias", None) for i in range(layers)]
@@ -449,7 +453,7 @@ def _names(model: str, layers: int) -> list[tuple[str, str, str | None]]:
 def _layer_tensors(model: str, module: nn.Module) -> list[tuple[Tensor, Tensor, Tensor | None]]:
     """Per layer: weight ``[in, out]``, bias ``[out]``, root weight or None."""
     state = module.state_dict()
-    layers = len(module.lins) if model in ("mlp", "appnp", "cs") else 1 if model == "sgc" \
+    layers = len(module.lins) if model in MLP_MODULES else 1 if model == "sgc" \
         else len(module.convs)
     return [(state[w].t(), state[b], None if r is None else state[r].t())
             for w, b, r in _names(model, layers)]
@@ -544,14 +548,12 @@ class _MemberCSRProduct(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[None, None, Tensor, Tensor]:
-        x, (t_crow, t_col, order) = ctx.x, ctx.transpose
-        grad = grad.contiguous()
+        x, grad = ctx.x, grad.contiguous()
         members = grad.size(0)
         shape = (x.pattern.size(1), x.pattern.size(0))
         grad_weight = grad.new_empty(members, shape[0], grad.size(2))
         for m in range(members):
-            member_t = torch.sparse_csr_tensor(t_crow, t_col, x.values[m].index_select(0, order),
-                                               shape)
+            member_t = transpose_values(x.values[m], ctx.transpose, shape)
             torch.mm(member_t, grad[m], out=grad_weight[m])
         return None, None, grad_weight, grad.sum(1).view(-1)
 
@@ -802,8 +804,7 @@ def member_labels(cfg: Config, y: Tensor, train: Tensor) -> Tensor | None:
     for a model that does not."""
     if not getattr(MODELS[cfg.model.name], "uses_labels", False):
         return None
-    classes = int(y.max()) + 1
-    return F.one_hot(y, classes).float().unsqueeze(0) * train.unsqueeze(-1)
+    return labels_on(y, train)
 
 
 def _train_members(cfg: Config, model: StackedModel, optimizer: torch.optim.Optimizer,

@@ -52,11 +52,11 @@ class Workers(Generic[Item, Result]):
     into an exception) cancels what is queued and terminates the workers at once."""
 
     def __init__(self, workers: int, state: Any) -> None:
-        self.threads = max(1, torch.get_num_threads() // workers)
+        threads = max(1, torch.get_num_threads() // workers)
         self._others = set(multiprocessing.active_children())
         self._pool = ProcessPoolExecutor(
             workers, mp_context=multiprocessing.get_context("fork"),
-            initializer=_start_worker, initargs=(self.threads, state))
+            initializer=_start_worker, initargs=(threads, state))
 
     def __enter__(self) -> Workers[Item, Result]:
         return self
