@@ -16,8 +16,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # forked worker processes
     ("synthetic", "npz"),  # the CSBM graph generator; the .npz graph reader (no unpickling)
     ("data",),  # Planetoid and .npz loading, the cache, splits, graph checks, the dataset registry
-    ("kernels", "sample_kernel", "member_kernel"),  # cached sparse operators, CSR products;
-    # the compiled sampler; the members' compiled first layer
+    ("kernels", "sample_kernel", "member_kernel", "attention_kernel"),  # cached sparse
+    # operators, CSR products; the compiled sampler; the members' compiled first layer and
+    # GAT attention
     ("models",),  # the model registry: thin subclasses of PyG's models
     ("sampling",),  # the neighbour sampler and its loader
     ("batching",),  # full-batch and sampled epochs behind one protocol

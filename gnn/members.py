@@ -20,14 +20,16 @@ import copy
 import math
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import psutil
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.data import Data
+from torch_geometric.utils import add_self_loops, remove_self_loops, softmax
 
 from gnn.batching import labels_on, node_features
 from gnn.config import Config
@@ -66,11 +68,11 @@ from gnn.timing import Timer
 from gnn.training import FitResult, History, fit, resolve_device, set_seed, versions
 from gnn.workers import Workers, worker_state
 
-#: Models whose members train batched; the others (GAT, sampled GraphSAGE, GCNII, label
+#: Models whose members train batched; the others (sampled GraphSAGE, GCNII, label
 #: propagation) train their members one after the other. SGC batches as the one linear layer
 #: it is, on the propagated features it computes once; C&S as its MLP, each member's
-#: evaluation post-processed with its own training labels.
-BATCHABLE = ("mlp", "gcn", "sage", "appnp", "sgc", "cs")
+#: evaluation post-processed with its own training labels; GAT as :class:`StackedGAT`.
+BATCHABLE = ("mlp", "gcn", "sage", "appnp", "sgc", "cs", "gat")
 #: Batched models whose layers read no graph (each row on its own: only the rows read are
 #: computed), and those whose standalone module is PyG's ``MLP`` (weights in ``lins``).
 ROW_WISE = ("mlp", "sgc", "cs")
@@ -83,8 +85,10 @@ MAX_MEMBERS = 1_000_000
 #: layer compiled), per member-epoch (steps with evaluation): 1.96 ms at 4, 1.68-1.78 ms at 8,
 #: 1.58-1.64 ms at 16 and 20, 1.53 ms at 32. Wider stacked activations leave the caches: the
 #: first layer's CSR product then reads a long row of the stacked weights per stored feature;
-#: the MLP's product has 140 rows.
-AUTO_WIDTH = {"mlp": 1280, "appnp": 1280, "cs": 1280}
+#: the MLP's product has 140 rows. GAT (8 heads of 8: 64 wide a member), steps with
+#: evaluation per member-epoch: 3.6-4.0 ms from 5 to 40 members; 20 fits 4.7x at 20 members
+#: against 3.6x at 5.
+AUTO_WIDTH = {"mlp": 1280, "appnp": 1280, "cs": 1280, "gat": 1280}
 DEFAULT_AUTO_WIDTH = 320
 #: ``auto``'s members per run for SGC on a CPU: its one layer, ``members x classes`` wide,
 #: reads the training or validated rows alone.
@@ -111,12 +115,17 @@ def can_batch(cfg: Config) -> bool:
 def member_bytes(cfg: Config, data: Data) -> int:
     """Memory one more member needs (bytes): its activations and their gradients (about ten
     ``N x hidden`` and six ``N x classes`` float tensors per layer pair, as ``gnn scale``
-    measured), its parameters with gradient, Adam's two moments and the best copy."""
-    n, h, c = data.num_nodes, cfg.model.hidden_channels, num_classes(data)
+    measured), its parameters with gradient, Adam's two moments and the best copy; GAT's
+    attention adds per edge four weights per head (softmax, dropout, gradient, evaluation)
+    and, as tensor operations, four messages as wide as its hidden layer."""
+    n, h, c = data.num_nodes, member_width(cfg), num_classes(data)
     widths = 10 * h * max(cfg.model.num_layers - 1, 1) + 6 * c * (1 + cfg.model.K
                                                                    * (cfg.model.name == "appnp"))
     params = data.num_features * h + h * h * max(cfg.model.num_layers - 2, 0) + h * c
-    return 4 * n * widths + 4 * 5 * params * (2 if cfg.model.name == "sage" else 1)
+    edges = 0
+    if cfg.model.name == "gat":  # the edges with a self-loop per node
+        edges = (data.edge_index.size(1) + n) * 4 * (cfg.model.heads + h)
+    return 4 * (n * widths + edges) + 4 * 5 * params * (2 if cfg.model.name == "sage" else 1)
 
 
 def available_bytes(device: torch.device) -> int:
@@ -129,8 +138,12 @@ def _auto_cap(cfg: Config) -> int:
     """The most members ``auto`` stacks on a CPU (see :data:`AUTO_WIDTH`)."""
     if cfg.model.name == "sgc":
         return SGC_AUTO_MEMBERS
-    return max(1, AUTO_WIDTH.get(cfg.model.name, DEFAULT_AUTO_WIDTH)
-               // cfg.model.hidden_channels)
+    return max(1, AUTO_WIDTH.get(cfg.model.name, DEFAULT_AUTO_WIDTH) // member_width(cfg))
+
+
+def member_width(cfg: Config) -> int:
+    """A member's hidden width: ``hidden_channels``, times the heads for GAT."""
+    return cfg.model.hidden_channels * (cfg.model.heads if cfg.model.name == "gat" else 1)
 
 
 def resolve_members(requested: str | int, runs: int, cfg: Config, data: Data,
@@ -285,28 +298,14 @@ class StackedModel(nn.Module):
         (:mod:`gnn.member_kernel`) for CSR features on the CPU, else as tensor operations."""
         hidden = len(self.weights) > 1  # one layer: layer 0 is the output, with no ReLU
         if not (hidden and _compiled_first_layer(x, self.weights[0])):
-            h = self._member_first_layer(_member_dropout(x, self.dropout, self.training,
-                                                         self.members))
+            h = member_first_layer(_member_dropout(x, self.dropout, self.training,
+                                                   self.members),
+                                   self.weights[0], self.biases[0], self.pattern_cache)
             return _relu_dropout(h, self.dropout, self.training) if hidden else h
         p = self.dropout if self.training else 0.0
         layer = self.kernel_cache.get(x, _first_layer_kernel)
         seed = int(torch.randint(2**62, ())) if p > 0 else 0
         return _CompiledFirstLayer.apply(layer, self.weights[0], self.biases[0], p, seed)
-
-    def _member_first_layer(self, x: Tensor | MemberCSR) -> Tensor:
-        """Member-major layer 0, ``[M, N, out]``, for CSR features (with or without each
-        member's dropout) or dense ones (``[N, F]``, or ``[M, N, F]`` with dropout)."""
-        w, bias = self.weights[0], self.biases[0].view(self.members, 1, -1)
-        if isinstance(x, Tensor) and x.layout == torch.sparse_csr:
-            x = MemberCSR(x, x.values().expand(self.members, -1))
-        if isinstance(x, MemberCSR):
-            transpose = self.pattern_cache.get(x.pattern, pattern_transpose)
-            return _MemberCSRProduct.apply(x, transpose, w, bias.view(-1))
-        if x.dim() == 3:  # each member's own (dropped) dense features
-            return torch.baddbmm(bias, x, w)
-        # shared dense features: one GEMM with the members side by side, seen member-major
-        side = torch.addmm(bias.view(-1), x, w.transpose(0, 1).reshape(x.size(1), -1))
-        return side.view(x.size(0), self.members, -1).transpose(0, 1)
 
     def _layer(self, i: int, h: Tensor, edge_index: Tensor, n: int) -> Tensor:
         """Layer ``i`` for every node."""
@@ -372,6 +371,13 @@ class StackedModel(nn.Module):
                                          self._side_by_side(i)).t()
         return {k: v.detach().clone().contiguous() for k, v in state.items()}
 
+    def clear_caches(self) -> None:
+        """Drop what was built for the graph trained on (the final evaluation may read
+        another: an inductive run's whole graph)."""
+        for cache in (self.graph_cache, self.feature_cache, *self.row_caches.values(),
+                      *self.input_caches.values()):
+            cache.clear()
+
     def release(self, m: int) -> nn.Module:
         """Member ``m`` as a standalone model, in the module it was built as (a copy of a
         PyG model costs milliseconds of Python, 100 of them more than a GPU run's steps);
@@ -381,6 +387,153 @@ class StackedModel(nn.Module):
             raise RuntimeError(f"member {m} was already released")
         model.load_state_dict(self.member_state(m), strict=False)
         return model
+
+
+class StackedGAT(nn.Module):
+    """M members of one GAT, built from M standalone ones. Layer ``i`` stores its weight
+    ``[M, in, heads * C]``, its attention vectors ``[M, heads, C]`` and its bias
+    ``[M * heads * C]`` (the layouts the per-member selection reads). The first layer is one
+    CSR product per member (each member drops its own input features); the attention runs
+    compiled on the CPU (:mod:`gnn.attention_kernel`: as tensor operations 20 members cost
+    about as much per member as one PyG GAT each) and as tensor operations elsewhere."""
+
+    def __init__(self, cfg: Config, models: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.name, self.members = cfg.model.name, len(models)
+        self.shells: list[nn.Module | None] = [model.cpu() for model in models]
+        self.dropout, self.attn_dropout = cfg.model.dropout, cfg.model.attn_dropout
+        first = models[0].convs
+        self.heads = [conv.heads for conv in first]
+        self.slope = float(first[0].negative_slope)
+        self.weights, self.att_src = nn.ParameterList(), nn.ParameterList()
+        self.att_dst, self.biases = nn.ParameterList(), nn.ParameterList()
+        for i in range(len(first)):
+            convs = [model.convs[i] for model in models]
+            self.weights.append(_stacked(c.lin.weight.t() for c in convs))
+            self.att_src.append(_stacked(c.att_src[0] for c in convs))
+            self.att_dst.append(_stacked(c.att_dst[0] for c in convs))
+            self.biases.append(nn.Parameter(torch.stack([c.bias.detach() for c in convs])
+                                            .reshape(-1)))
+        self.graph_cache, self.pattern_cache = GraphCache(), GraphCache()
+
+    def forward(self, x: Tensor, edge_index: Tensor, rows: Tensor | None = None,
+                labels: Tensor | None = None) -> Tensor:
+        """Logits ``[N, M, classes]``, or their rows ``rows``. After the first layer the
+        features are node-major, ``[N, M * heads * C]`` (each node's row is what the attention
+        reads per edge), as the later layers' per-member products take them."""
+        n, members = x.size(0), self.members
+        graph = self.graph_cache.get(edge_index, AttentionGraph.build, n)
+        h = member_first_layer(_member_dropout(x, self.dropout, self.training, members),
+                               self.weights[0], None, self.pattern_cache)
+        h = h.transpose(0, 1).reshape(n, -1)
+        last = len(self.weights) - 1
+        for i in range(last + 1):
+            if i > 0:
+                h = _SideBySideLinear.apply(h.view(n, members, -1).transpose(0, 1),
+                                            self.weights[i], None)
+            h = self._attend(i, h.view(n, members * self.heads[i], -1), graph)
+            if i < last:  # heads concatenated
+                h = _relu_dropout(h.view(n, -1) + self.biases[i], self.dropout, self.training)
+        bias = self.biases[last].view(members, -1)
+        logits = h.view(n, members, self.heads[last], -1).mean(2) + bias  # heads averaged
+        return logits if rows is None else logits.index_select(0, rows)
+
+    def _attend(self, i: int, h: Tensor, graph: AttentionGraph) -> Tensor:
+        """Layer ``i``'s attention (GATConv's, per member) over ``h [N, M * heads, C]``."""
+        shape = (self.members * self.heads[i], -1)
+        att_src, att_dst = self.att_src[i].view(shape), self.att_dst[i].view(shape)
+        p = self.attn_dropout if self.training else 0.0
+        if graph.kernel is None or h.dtype != torch.float32:
+            return attention(h, att_src, att_dst, graph, self.slope, p)
+        seed = int(torch.randint(2**62, ())) if p > 0 else 0
+        return _CompiledAttention.apply(graph.kernel, h, att_src, att_dst, self.slope, p, seed)
+
+    def member_state(self, m: int) -> dict[str, Tensor]:
+        """Member ``m``'s weights as the standalone model's state dict."""
+        state = {}
+        for i in range(len(self.weights)):
+            state[f"convs.{i}.lin.weight"] = self.weights[i][m].t()
+            state[f"convs.{i}.att_src"] = self.att_src[i][m].unsqueeze(0)
+            state[f"convs.{i}.att_dst"] = self.att_dst[i][m].unsqueeze(0)
+            state[f"convs.{i}.bias"] = self.biases[i].view(self.members, -1)[m]
+        return {k: v.detach().clone().contiguous() for k, v in state.items()}
+
+    release = StackedModel.release
+
+    def clear_caches(self) -> None:
+        self.graph_cache.clear()
+
+
+#: A batched run's model.
+Stack = StackedModel | StackedGAT
+
+
+def _stacked(tensors: Iterable[Tensor]) -> nn.Parameter:
+    return nn.Parameter(torch.stack([t.detach() for t in tensors]).contiguous())
+
+
+@dataclass
+class AttentionGraph:
+    """GATConv's graph (self-loops removed, then one per node added) as incoming edges sorted
+    by target: ``src``/``dst`` per edge, and on the CPU the compiled attention over it."""
+
+    src: Tensor
+    dst: Tensor
+    kernel: Any  # gnn.attention_kernel.Attention, or None
+
+    @classmethod
+    def build(cls, edge_index: Tensor, n: int) -> AttentionGraph:
+        edge_index, _ = remove_self_loops(edge_index)
+        edge_index, _ = add_self_loops(edge_index, num_nodes=n)
+        src, dst = edge_index[:, torch.argsort(edge_index[1] * n + edge_index[0])]
+        kernel = None
+        from gnn.attention_kernel import Attention, available
+        if src.device.type == "cpu" and available():
+            by_src = torch.argsort(src * n + dst)
+            kernel = Attention(_pointers(dst, n), src.to(torch.int32).numpy(),
+                               _pointers(src, n), by_src.numpy(),
+                               dst.to(torch.int32).numpy(), torch.get_num_threads())
+        return cls(src, dst, kernel)
+
+
+def _pointers(index: Tensor, n: int) -> Any:
+    """CSR row pointers of edges grouped by ``index`` (as a numpy array)."""
+    ptr = torch.zeros(n + 1, dtype=torch.long)
+    ptr[1:] = torch.bincount(index, minlength=n).cumsum(0)
+    return ptr.numpy()
+
+
+def attention(h: Tensor, att_src: Tensor, att_dst: Tensor, graph: AttentionGraph,
+              slope: float, p: float) -> Tensor:
+    """GATConv's attention for every member and head as tensor operations (any device):
+    ``h [N, K, C]`` summed over each node's incoming edges with the softmax of
+    ``leaky_relu(a_src[j] + a_dst[i])`` (dropout ``p``) as weights, ``a_* = (h * att_*).sum(-1)``
+    for the attention vectors ``att_* [K, C]``."""
+    src, dst = graph.src, graph.dst
+    a_src, a_dst = (h * att_src).sum(-1), (h * att_dst).sum(-1)
+    alpha = softmax(F.leaky_relu(a_src[src] + a_dst[dst], slope), dst, num_nodes=h.size(0))
+    alpha = F.dropout(alpha, p, training=p > 0)
+    return torch.zeros_like(h).index_add_(0, dst, h[src] * alpha.unsqueeze(-1))
+
+
+class _CompiledAttention(torch.autograd.Function):
+    """:func:`attention` through :class:`gnn.attention_kernel.Attention` (float32, CPU)."""
+
+    @staticmethod
+    def forward(ctx: Any, kernel: Any, h: Tensor, att_src: Tensor, att_dst: Tensor,
+                slope: float, p: float, seed: int) -> Tensor:
+        h, att_src, att_dst = (t.detach().contiguous() for t in (h, att_src, att_dst))
+        out, saved = kernel.forward(h.numpy(), att_src.numpy(), att_dst.numpy(), slope, p, seed)
+        ctx.kernel, ctx.slope, ctx.kept = kernel, slope, (h, att_src, att_dst, saved)
+        return torch.from_numpy(out)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        h, att_src, att_dst, saved = ctx.kept
+        del ctx.kept
+        grads = ctx.kernel.backward(h.numpy(), att_src.numpy(), att_dst.numpy(), saved,
+                                    grad.contiguous().numpy(), ctx.slope)
+        return (None, *(torch.from_numpy(g) for g in grads), None, None, None)
 
 
 @dataclass
@@ -556,6 +709,28 @@ class _MemberCSRProduct(torch.autograd.Function):
             member_t = transpose_values(x.values[m], ctx.transpose, shape)
             torch.mm(member_t, grad[m], out=grad_weight[m])
         return None, None, grad_weight, grad.sum(1).view(-1)
+
+
+def member_first_layer(x: Tensor | MemberCSR, weight: Tensor, bias: Tensor | None,
+                       pattern_cache: GraphCache) -> Tensor:
+    """Member-major layer 0, ``[M, N, out]``, from ``weight [M, in, out]`` and ``bias [M * out]``
+    (``None``: none), for CSR features (with or without each member's dropout) or dense ones
+    (``[N, F]``, or ``[M, N, F]`` with dropout). ``pattern_cache`` keeps the CSR pattern's
+    transpose for the backward."""
+    members = weight.size(0)
+    if bias is None:
+        bias = weight.new_zeros(members * weight.size(2))
+    bias = bias.view(members, 1, -1)
+    if isinstance(x, Tensor) and x.layout == torch.sparse_csr:
+        x = MemberCSR(x, x.values().expand(members, -1))
+    if isinstance(x, MemberCSR):
+        transpose = pattern_cache.get(x.pattern, pattern_transpose)
+        return _MemberCSRProduct.apply(x, transpose, weight, bias.view(-1))
+    if x.dim() == 3:  # each member's own (dropped) dense features
+        return torch.baddbmm(bias, x, weight)
+    # shared dense features: one GEMM with the members side by side, seen member-major
+    side = torch.addmm(bias.view(-1), x, weight.transpose(0, 1).reshape(x.size(1), -1))
+    return side.view(x.size(0), members, -1).transpose(0, 1)
 
 
 def _compiled_first_layer(x: Tensor, weight: Tensor) -> bool:
@@ -758,14 +933,14 @@ def _on_splits(cfg: Config, data: Data, ids: Sequence[int]) -> tuple[Data, Membe
     return with_split(data, split_rows, ids[0]), None
 
 
-def _initial_members(cfg: Config, data: Data, seeds: Sequence[int]) -> StackedModel:
+def _initial_members(cfg: Config, data: Data, seeds: Sequence[int]) -> Stack:
     """Member ``m`` starts from the weights ``fit`` with seed ``seeds[m]`` would draw."""
     models = []
     for seed in seeds:
         set_seed(seed)
         models.append(build_model(cfg.model, data.num_features, num_classes(data)))
     set_seed(seeds[0])
-    return StackedModel(cfg, models)
+    return (StackedGAT if cfg.model.name == "gat" else StackedModel)(cfg, models)
 
 
 @dataclass
@@ -791,7 +966,7 @@ class MemberBatch:
         y = seen.y.to(device)
         rows = masks.train.any(0).nonzero().view(-1).to(device)
         seen_rows = (masks.train.any(0) | masks.val.any(0)).nonzero().view(-1).to(device)
-        width = masks.train.size(0) * cfg.model.hidden_channels
+        width = masks.train.size(0) * member_width(cfg)
         return cls(node_features(seen, cfg, width).to(device), seen.edge_index.to(device), rows,
                    y[rows], masks.train.to(device)[:, rows], seen_rows, y[seen_rows],
                    *(m.to(device)[:, seen_rows] for m in (masks.train, masks.val)),
@@ -807,7 +982,7 @@ def member_labels(cfg: Config, y: Tensor, train: Tensor) -> Tensor | None:
     return labels_on(y, train)
 
 
-def _train_members(cfg: Config, model: StackedModel, optimizer: torch.optim.Optimizer,
+def _train_members(cfg: Config, model: Stack, optimizer: torch.optim.Optimizer,
                    seen: Data, masks: MemberMasks, device: torch.device,
                    ) -> tuple[MemberSelection, Timer]:
     """The run's epochs: a training step each, an evaluation on the evaluation epochs. The
@@ -852,7 +1027,7 @@ class DeviceSteps:
     captured once in CUDA graphs and replayed (an eager step is a few hundred kernel launches,
     bound by the host, whatever the member count); a CPU runs the same steps as they are."""
 
-    def __init__(self, cfg: Config, model: StackedModel, optimizer: torch.optim.Optimizer,
+    def __init__(self, cfg: Config, model: Stack, optimizer: torch.optim.Optimizer,
                  batch: MemberBatch) -> None:
         self.model, self.optimizer, self.b = model, optimizer, batch
         self.eval_epochs = list(_eval_epochs(cfg))
@@ -960,7 +1135,7 @@ def capture_steps(steps: DeviceSteps) -> tuple[Any, Any]:
     return train.replay, evaluate.replay
 
 
-def _predict(model: StackedModel, x: Tensor, edge_index: Tensor,
+def _predict(model: Stack, x: Tensor, edge_index: Tensor,
              rows: Tensor | None = None, labels: Tensor | None = None) -> Tensor:
     model.eval()
     with torch.inference_mode():
@@ -976,22 +1151,20 @@ def _by_member(p: Tensor, members: int) -> Tensor:
     return p.view(1, members, -1)  # biases [M * out]
 
 
-def _final_member_logits(cfg: Config, model: StackedModel, sel: MemberSelection, data: Data,
+def _final_member_logits(cfg: Config, model: Stack, sel: MemberSelection, data: Data,
                          labels: Tensor | None, device: torch.device) -> Tensor:
     """Every member's selected weights on the whole graph, ``[N, M, C]`` (a model that reads
     labels reads each member's training labels ``labels``)."""
     with torch.no_grad():
         for best, p in zip(sel.best_state, model.parameters(), strict=True):
             p.copy_(best)
-    for cache in (model.graph_cache, model.feature_cache, *model.row_caches.values(),
-                  *model.input_caches.values()):
-        cache.clear()
-    x = node_features(data, cfg, model.members * cfg.model.hidden_channels).to(device)
+    model.clear_caches()
+    x = node_features(data, cfg, model.members * member_width(cfg)).to(device)
     return _predict(model, x, data.edge_index.to(device), None,
                     None if labels is None else labels.to(device)).float()
 
 
-def _member_result(cfg: Config, data: Data, seen: Data, model: StackedModel,
+def _member_result(cfg: Config, data: Data, seen: Data, model: Stack,
                    sel: MemberSelection, m: int, split_seed: tuple[int, int],
                    metrics: dict[str, float], masks: MemberMasks, device: str, run_time: float,
                    loop: Timer) -> FitResult:

@@ -6,7 +6,8 @@ step is hundreds of short operations, and two threads wait for each other at the
 
 The processes are forked, so they inherit what the parent loaded (the graphs, handed over as
 ``state`` and read back with :func:`worker_state`) without pickling it. A worker leaves Ctrl-C
-to its parent (a terminal sends it to the whole process group) and ends at once on SIGTERM;
+to its parent (a terminal sends it to the whole process group) and ends at once on SIGTERM,
+from its first instruction on (it is forked with both signals blocked until it has set that);
 the parent, on any exception, cancels the queued work and terminates its workers, so a stopped
 run leaves no process behind. CUDA cannot be used in a child forked after the parent has used
 it: callers keep GPU work in their own process.
@@ -38,10 +39,18 @@ def worker_state() -> Any:
     return _state
 
 
+#: Blocked while the pool forks its workers, until each has set its own handlers: a worker
+#: otherwise starts with the parent's handlers, and a Ctrl-C to the process group (or the
+#: parent's SIGTERM) arriving before it replaced them raised in its start-up code and printed
+#: a traceback (under load, about one Ctrl-C in eight).
+_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 def _start_worker(threads: int, state: Any) -> None:
     global _state
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # discards a pending Ctrl-C
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a pending SIGTERM ends the worker now
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
     torch.set_num_threads(threads)
     _state = state
 
@@ -74,8 +83,13 @@ class Workers(Generic[Item, Result]):
                      items: Sequence[Item]) -> Iterator[tuple[int, Result]]:
         """``(index, task(items[index]))`` for every item, as each finishes; an error raised in
         a worker is raised here, and a worker that died is a one-line ``TrainingError``."""
-        futures: dict[Future[Result], int] = {
-            self._pool.submit(task, item): i for i, item in enumerate(items)}
+        # the pool forks its workers at the first submission, with this thread's signal mask
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        try:
+            futures: dict[Future[Result], int] = {
+                self._pool.submit(task, item): i for i, item in enumerate(items)}
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         try:
             for future in as_completed(futures):
                 yield futures[future], future.result()

@@ -96,7 +96,8 @@ def test_member_equals_its_standalone_fit(name: str, features: str, every: int, 
     rounding, with CSR features (``auto`` on Cora) and with dense ones, validated every epoch
     or every few."""
     cfg = load_config(CONFIGS / f"{name}.yaml").override(
-        {"model.dropout": 0.0, "train.epochs": 30, "train.device": device.type,
+        {"model.dropout": 0.0, "model.attn_dropout": 0.0, "train.epochs": 30,
+         "train.device": device.type,
          "data.sparse_features": features, "train.eval_every": every})
     seeds = [0, 1, 2]
     batched = fit_members(cfg, seeds, cora)
@@ -230,7 +231,8 @@ def test_cuda_graph_replay_equals_eager_steps(name: str, members: int, cora: Dat
     rounding and validation accuracy within one node, and the selected weights agree wherever
     the selected epochs do."""
     cfg = load_config(CONFIGS / f"{name}.yaml").override(
-        {"model.dropout": 0.0, "train.epochs": 20, "train.device": "cuda"})
+        {"model.dropout": 0.0, "model.attn_dropout": 0.0, "train.epochs": 20,
+         "train.device": "cuda"})
     seeds = list(range(members))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -358,12 +360,12 @@ def test_workers_on_a_gpu_stay_in_one_process(data_root: Path,
 
 def test_a_model_that_cannot_batch_says_so(data_root: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["train", "--config", str(CONFIGS / "gat.yaml"), "--root", str(data_root),
-                 "--epochs", "2", "--seeds", "0,1", "--members", "2"]) == 0
+    assert main(["train", "--config", str(CONFIGS / "lp.yaml"), "--root", str(data_root),
+                 "--seeds", "0,1", "--members", "2"]) == 0
     captured = capsys.readouterr()
     assert captured.out.count("seed=") == 2
     assert captured.err.strip().splitlines() == [
-        "gnn: warning: --members: gat trains its seeds one after the other (model gat does "
+        "gnn: warning: --members: lp trains its seeds one after the other (model lp does "
         "not batch)"]
 
 
@@ -412,12 +414,12 @@ def test_workers_share_the_free_memory(cora: Data, monkeypatch: pytest.MonkeyPat
 def test_bench_trains_seeds_as_members(data_root: Path, tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bench"
-    assert main(["bench", "--quick", "--models", "gcn", "gat", "--seeds", "3", "--no-progress",
-                 "--root", str(data_root), "--out", str(out)]) == 0
+    assert main(["bench", "--quick", "--models", "gcn", "gat", "lp", "--seeds", "3",
+                 "--no-progress", "--root", str(data_root), "--out", str(out)]) == 0
     rows = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
     members = {(r["name"], r["seed"]): r["members"] for r in rows}
-    assert members == {("gcn", 0): 3, ("gcn", 1): 3, ("gcn", 2): 3,
-                       ("gat", 0): 1, ("gat", 1): 1, ("gat", 2): 1}
+    assert members == {**{(name, seed): 3 for name in ("gcn", "gat") for seed in range(3)},
+                       ("lp", 0): 1, ("lp", 1): 1, ("lp", 2): 1}
     assert "Trained batched, several seeds as members of one run: gcn (3 members per run)" \
         in (out / "summary.md").read_text()
     assert main(["bench", "--models", "gcn", "--members", "100000", "--root", str(data_root),

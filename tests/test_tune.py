@@ -358,6 +358,7 @@ TUNED_KINDS = {  # batched members, one fit after another, sampled mini-batches,
     "gcn": {},
     "lp": {"model.name": "lp"},
     "gat": {"model.name": "gat", "model.heads": 2},
+    "gcnii": {"model.name": "gcnii"},
     "sage_sampling": {"model.name": "sage", "sampler.enabled": True, "sampler.fanout": [3, 3],
                       "sampler.batch_size": 32, "sampler.backend": "torch"},
 }
