@@ -86,8 +86,7 @@ MAX_MEMBERS = 1_000_000
 #: 1.58-1.64 ms at 16 and 20, 1.53 ms at 32. Wider stacked activations leave the caches: the
 #: first layer's CSR product then reads a long row of the stacked weights per stored feature;
 #: the MLP's product has 140 rows. GAT (8 heads of 8: 64 wide a member), steps with
-#: evaluation per member-epoch: 3.6-4.0 ms from 5 to 40 members; 20 fits 4.7x at 20 members
-#: against 3.6x at 5.
+#: evaluation per member-epoch: 3.6-4.0 ms from 5 to 40 members; 20 fits 5.4-6.2x at 20.
 AUTO_WIDTH = {"mlp": 1280, "appnp": 1280, "cs": 1280, "gat": 1280}
 DEFAULT_AUTO_WIDTH = 320
 #: ``auto``'s members per run for SGC on a CPU: its one layer, ``members x classes`` wide,
@@ -174,7 +173,35 @@ def resolve_members(requested: str | int, runs: int, cfg: Config, data: Data,
 # The stacked model
 
 
-class StackedModel(nn.Module):
+class MemberStack(nn.Module):
+    """What every stack of M members shares: the members' own standalone modules, handed out
+    once each by :meth:`release` with their weights (:meth:`member_state`)."""
+
+    def __init__(self, models: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.members = len(models)
+        # a plain list, not submodules (their parameters are not the stacked ones)
+        self.shells: list[nn.Module | None] = [model.cpu() for model in models]
+
+    def member_state(self, m: int) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def clear_caches(self) -> None:
+        """Drop what was built for the graph trained on (the final evaluation may read
+        another: an inductive run's whole graph)."""
+
+    def release(self, m: int) -> nn.Module:
+        """Member ``m`` as a standalone model, in the module it was built as (a copy of a
+        PyG model costs milliseconds of Python, 100 of them more than a GPU run's steps);
+        each member is released once."""
+        model, self.shells[m] = self.shells[m], None
+        if model is None:
+            raise RuntimeError(f"member {m} was already released")
+        model.load_state_dict(self.member_state(m), strict=False)
+        return model
+
+
+class StackedModel(MemberStack):
     """M members of one MLP / GCN / GraphSAGE / APPNP, built from M standalone models.
 
     Layer 0's weight is stored ``[in, M * out]`` (what the CSR product reads; APPNP's, which
@@ -184,11 +211,8 @@ class StackedModel(nn.Module):
     """
 
     def __init__(self, cfg: Config, models: Sequence[nn.Module]) -> None:
-        super().__init__()
-        self.name, self.members = cfg.model.name, len(models)
-        # a plain list, not submodules (their parameters are not the stacked ones): the
-        # members' own modules, handed out once by release()
-        self.shells: list[nn.Module | None] = [model.cpu() for model in models]
+        super().__init__(models)
+        self.name = cfg.model.name
         self.dropout = cfg.model.dropout
         self.K, self.alpha = cfg.model.K, cfg.model.alpha
         # APPNP runs member-major (see _appnp): its layer 0 is stored like the later layers
@@ -372,24 +396,12 @@ class StackedModel(nn.Module):
         return {k: v.detach().clone().contiguous() for k, v in state.items()}
 
     def clear_caches(self) -> None:
-        """Drop what was built for the graph trained on (the final evaluation may read
-        another: an inductive run's whole graph)."""
         for cache in (self.graph_cache, self.feature_cache, *self.row_caches.values(),
                       *self.input_caches.values()):
             cache.clear()
 
-    def release(self, m: int) -> nn.Module:
-        """Member ``m`` as a standalone model, in the module it was built as (a copy of a
-        PyG model costs milliseconds of Python, 100 of them more than a GPU run's steps);
-        each member is released once."""
-        model, self.shells[m] = self.shells[m], None
-        if model is None:
-            raise RuntimeError(f"member {m} was already released")
-        model.load_state_dict(self.member_state(m), strict=False)
-        return model
 
-
-class StackedGAT(nn.Module):
+class StackedGAT(MemberStack):
     """M members of one GAT, built from M standalone ones. Layer ``i`` stores its weight
     ``[M, in, heads * C]``, its attention vectors ``[M, heads, C]`` and its bias
     ``[M * heads * C]`` (the layouts the per-member selection reads). The first layer is one
@@ -398,9 +410,8 @@ class StackedGAT(nn.Module):
     about as much per member as one PyG GAT each) and as tensor operations elsewhere."""
 
     def __init__(self, cfg: Config, models: Sequence[nn.Module]) -> None:
-        super().__init__()
-        self.name, self.members = cfg.model.name, len(models)
-        self.shells: list[nn.Module | None] = [model.cpu() for model in models]
+        super().__init__(models)
+        self.name = cfg.model.name
         self.dropout, self.attn_dropout = cfg.model.dropout, cfg.model.attn_dropout
         first = models[0].convs
         self.heads = [conv.heads for conv in first]
@@ -458,14 +469,8 @@ class StackedGAT(nn.Module):
             state[f"convs.{i}.bias"] = self.biases[i].view(self.members, -1)[m]
         return {k: v.detach().clone().contiguous() for k, v in state.items()}
 
-    release = StackedModel.release
-
     def clear_caches(self) -> None:
         self.graph_cache.clear()
-
-
-#: A batched run's model.
-Stack = StackedModel | StackedGAT
 
 
 def _stacked(tensors: Iterable[Tensor]) -> nn.Parameter:
@@ -933,7 +938,7 @@ def _on_splits(cfg: Config, data: Data, ids: Sequence[int]) -> tuple[Data, Membe
     return with_split(data, split_rows, ids[0]), None
 
 
-def _initial_members(cfg: Config, data: Data, seeds: Sequence[int]) -> Stack:
+def _initial_members(cfg: Config, data: Data, seeds: Sequence[int]) -> MemberStack:
     """Member ``m`` starts from the weights ``fit`` with seed ``seeds[m]`` would draw."""
     models = []
     for seed in seeds:
@@ -982,7 +987,7 @@ def member_labels(cfg: Config, y: Tensor, train: Tensor) -> Tensor | None:
     return labels_on(y, train)
 
 
-def _train_members(cfg: Config, model: Stack, optimizer: torch.optim.Optimizer,
+def _train_members(cfg: Config, model: MemberStack, optimizer: torch.optim.Optimizer,
                    seen: Data, masks: MemberMasks, device: torch.device,
                    ) -> tuple[MemberSelection, Timer]:
     """The run's epochs: a training step each, an evaluation on the evaluation epochs. The
@@ -1027,7 +1032,7 @@ class DeviceSteps:
     captured once in CUDA graphs and replayed (an eager step is a few hundred kernel launches,
     bound by the host, whatever the member count); a CPU runs the same steps as they are."""
 
-    def __init__(self, cfg: Config, model: Stack, optimizer: torch.optim.Optimizer,
+    def __init__(self, cfg: Config, model: MemberStack, optimizer: torch.optim.Optimizer,
                  batch: MemberBatch) -> None:
         self.model, self.optimizer, self.b = model, optimizer, batch
         self.eval_epochs = list(_eval_epochs(cfg))
@@ -1135,7 +1140,7 @@ def capture_steps(steps: DeviceSteps) -> tuple[Any, Any]:
     return train.replay, evaluate.replay
 
 
-def _predict(model: Stack, x: Tensor, edge_index: Tensor,
+def _predict(model: MemberStack, x: Tensor, edge_index: Tensor,
              rows: Tensor | None = None, labels: Tensor | None = None) -> Tensor:
     model.eval()
     with torch.inference_mode():
@@ -1151,7 +1156,7 @@ def _by_member(p: Tensor, members: int) -> Tensor:
     return p.view(1, members, -1)  # biases [M * out]
 
 
-def _final_member_logits(cfg: Config, model: Stack, sel: MemberSelection, data: Data,
+def _final_member_logits(cfg: Config, model: MemberStack, sel: MemberSelection, data: Data,
                          labels: Tensor | None, device: torch.device) -> Tensor:
     """Every member's selected weights on the whole graph, ``[N, M, C]`` (a model that reads
     labels reads each member's training labels ``labels``)."""
@@ -1164,7 +1169,7 @@ def _final_member_logits(cfg: Config, model: Stack, sel: MemberSelection, data: 
                     None if labels is None else labels.to(device)).float()
 
 
-def _member_result(cfg: Config, data: Data, seen: Data, model: Stack,
+def _member_result(cfg: Config, data: Data, seen: Data, model: MemberStack,
                    sel: MemberSelection, m: int, split_seed: tuple[int, int],
                    metrics: dict[str, float], masks: MemberMasks, device: str, run_time: float,
                    loop: Timer) -> FitResult:
