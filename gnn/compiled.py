@@ -46,6 +46,19 @@ def parallel_jit(function: Callable[..., Any]) -> Callable[..., Any]:
     return _compile(threaded, parallel=True)
 
 
+def specialised(function: Callable[..., Any], parallel: bool,
+                **constants: Any) -> Callable[..., Any]:
+    """``function`` compiled (threaded where ``parallel``) with ``constants`` replacing
+    module globals of the same names. numba freezes globals into the code, so a loop over a
+    constant count can unroll into vector instructions. Not cached on disk: numba keys its
+    cache by the function's module and name, which the constants do not enter."""
+    if numba is None:
+        return function
+    bound = types.FunctionType(function.__code__, {**function.__globals__, **constants},
+                               function.__name__, function.__defaults__, function.__closure__)
+    return numba.njit(cache=False, nogil=True, parallel=parallel)(bound)
+
+
 def _compile(function: Callable[..., Any], parallel: bool) -> Callable[..., Any]:
     if numba is None:
         return function

@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.data import Data
-from torch_geometric.utils import add_self_loops, remove_self_loops, softmax
+from torch_geometric.index import index2ptr
+from torch_geometric.utils import add_self_loops, remove_self_loops, softmax, sort_edge_index
 
 from gnn.batching import labels_on, node_features
 from gnn.config import Config
@@ -411,7 +412,6 @@ class StackedGAT(MemberStack):
 
     def __init__(self, cfg: Config, models: Sequence[nn.Module]) -> None:
         super().__init__(models)
-        self.name = cfg.model.name
         self.dropout, self.attn_dropout = cfg.model.dropout, cfg.model.attn_dropout
         first = models[0].convs
         self.heads = [conv.heads for conv in first]
@@ -490,22 +490,15 @@ class AttentionGraph:
     def build(cls, edge_index: Tensor, n: int) -> AttentionGraph:
         edge_index, _ = remove_self_loops(edge_index)
         edge_index, _ = add_self_loops(edge_index, num_nodes=n)
-        src, dst = edge_index[:, torch.argsort(edge_index[1] * n + edge_index[0])]
+        src, dst = sort_edge_index(edge_index, num_nodes=n, sort_by_row=False)
         kernel = None
         from gnn.attention_kernel import Attention, available
         if src.device.type == "cpu" and available():
-            by_src = torch.argsort(src * n + dst)
-            kernel = Attention(_pointers(dst, n), src.to(torch.int32).numpy(),
-                               _pointers(src, n), by_src.numpy(),
+            by_src = torch.argsort(src, stable=True)  # outgoing edges, by source then target
+            kernel = Attention(index2ptr(dst, n).numpy(), src.to(torch.int32).numpy(),
+                               index2ptr(src[by_src], n).numpy(), by_src.numpy(),
                                dst.to(torch.int32).numpy(), torch.get_num_threads())
         return cls(src, dst, kernel)
-
-
-def _pointers(index: Tensor, n: int) -> Any:
-    """CSR row pointers of edges grouped by ``index`` (as a numpy array)."""
-    ptr = torch.zeros(n + 1, dtype=torch.long)
-    ptr[1:] = torch.bincount(index, minlength=n).cumsum(0)
-    return ptr.numpy()
 
 
 def attention(h: Tensor, att_src: Tensor, att_dst: Tensor, graph: AttentionGraph,
