@@ -118,7 +118,8 @@ from gnn.cli import main
 signal.signal(signal.SIGINT, signal.default_int_handler)
 run = members._worker_run
 def announcing_run(item):
-    print("TRAINING", os.getpid(), flush=True)
+    # one write per line: two workers printing at once must not interleave their lines
+    os.write(1, f"TRAINING {os.getpid()}\\n".encode())
     return run(item)
 members._worker_run = announcing_run
 raise SystemExit(main(sys.argv[1:]))
