@@ -66,6 +66,28 @@ def _keep_entries(crow: np.ndarray, col: np.ndarray, val: np.ndarray, seed: np.u
 
 
 @jit
+def _accumulate_row(start: int, end: int, col: np.ndarray, val: np.ndarray, weight: np.ndarray,
+                    acc: np.ndarray) -> None:
+    """``acc = sum_e val[e] weight[col[e]]`` over entries ``start:end``, in their order. Four
+    entries share one pass over ``acc``: added left to right, ``acc + a + b + c + d`` rounds as
+    four passes would, and reads and writes ``acc`` once instead of four times (numba leaves the
+    loop over ``acc`` in memory; one pass per entry cost about a fifth more)."""
+    acc[:] = 0.0
+    e = start
+    while e + 4 <= end:
+        v0, v1, v2, v3 = val[e], val[e + 1], val[e + 2], val[e + 3]
+        w0, w1, w2, w3 = weight[col[e]], weight[col[e + 1]], weight[col[e + 2]], weight[col[e + 3]]
+        for k in range(acc.shape[0]):
+            acc[k] = acc[k] + v0 * w0[k] + v1 * w1[k] + v2 * w2[k] + v3 * w3[k]
+        e += 4
+    while e < end:
+        v, w = val[e], weight[col[e]]
+        for k in range(acc.shape[0]):
+            acc[k] += v * w[k]
+        e += 1
+
+
+@jit
 def _forward(crow: np.ndarray, col: np.ndarray, val: np.ndarray, weight: np.ndarray,
              bias: np.ndarray, seed: np.uint64, threshold: np.uint64, scale: np.float32,
              out: np.ndarray) -> None:
@@ -81,11 +103,7 @@ def _forward(crow: np.ndarray, col: np.ndarray, val: np.ndarray, weight: np.ndar
     keep = draws.view(np.uint8)
     start = seed ^ _HIDDEN_STREAM
     for i in range(crow.shape[0] - 1):
-        acc[:] = 0.0
-        for e in range(crow[i], crow[i + 1]):
-            v, j = val[e], col[e]
-            for k in range(hidden):
-                acc[k] += v * weight[j, k]
+        _accumulate_row(crow[i], crow[i + 1], col, val, weight, acc)
         if threshold == 0:
             for k in range(hidden):
                 out[i, k] = max(acc[k] + bias[k], np.float32(0.0))

@@ -45,6 +45,7 @@ from gnn.data import (
 from gnn.errors import ConfigError, TrainingError
 from gnn.kernels import (
     GraphCache,
+    PageRankRows,
     adjacency_operator,
     csr_rows,
     gcn_operator,
@@ -232,6 +233,7 @@ class StackedModel(MemberStack):
         # operator's and the input's rows that training and evaluation read
         self.graph_cache, self.pattern_cache = GraphCache(), GraphCache()
         self.row_caches = {True: GraphCache(), False: GraphCache()}
+        self.pagerank_caches = {True: GraphCache(), False: GraphCache()}  # APPNP's PageRankRows
         self.input_caches = {True: GraphCache(), False: GraphCache()}
         self.plan_caches = {True: GraphCache(), False: GraphCache()}
         self.kernel_cache = GraphCache()  # the compiled first layer's view of the features
@@ -314,8 +316,14 @@ class StackedModel(MemberStack):
         logits = h.transpose(0, 1).reshape(n, -1) if output == 0 else \
             _SideBySideLinear.apply(h, self.weights[output], self.biases[output])
         adj = self._operator(edge_index, n, None)
-        last = None if rows is None else self._operator(edge_index, n, rows)
-        out = personalized_pagerank(adj, logits, self.K, self.alpha, rows, last)
+        if rows is not None and logits.dtype == adj.dtype and PageRankRows.pays(adj, rows,
+                                                                                 self.K):
+            propagation = self.pagerank_caches[self.training].get(adj, PageRankRows, rows,
+                                                                  self.K, self.alpha)
+            out = propagation(logits)
+        else:
+            last = None if rows is None else self._operator(edge_index, n, rows)
+            out = personalized_pagerank(adj, logits, self.K, self.alpha, rows, last)
         return out.view(out.size(0), members, -1)
 
     def _activated_first_layer(self, x: Tensor) -> Tensor:
@@ -398,6 +406,7 @@ class StackedModel(MemberStack):
 
     def clear_caches(self) -> None:
         for cache in (self.graph_cache, self.feature_cache, *self.row_caches.values(),
+                      *self.pagerank_caches.values(),
                       *self.input_caches.values()):
             cache.clear()
 

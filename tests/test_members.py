@@ -19,6 +19,7 @@ from gnn.batching import make_batching
 from gnn.cli import main
 from gnn.config import load_config
 from gnn.errors import ConfigError, TrainingError
+from gnn.kernels import PageRankRows
 from gnn.members import BATCHABLE, MemberMasks, fit_many, fit_members
 from gnn.training import FitResult, fit
 from tests.test_cli import one_line_error, run_error
@@ -90,11 +91,16 @@ EXACT_CASES = [(name, "auto", 1) for name in BATCHABLE] + [
 
 @pytest.mark.parametrize(("name", "features", "every"), EXACT_CASES)
 def test_member_equals_its_standalone_fit(name: str, features: str, every: int, cora: Data,
-                                          device: torch.device) -> None:
+                                          device: torch.device,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """Dropout 0, same initial weights (drawn from each member's seed as fit draws them):
     per-epoch losses, selected epoch, accuracies and final weights agree within float32
     rounding, with CSR features (``auto`` on Cora) and with dense ones, validated every epoch
-    or every few."""
+    or every few. APPNP's members propagate as the standalone model does, in steps: their
+    dense propagation to the training rows sums in another order (on the 2-core machine seed
+    1 then forks at epoch 22, after which 3% of the weights leave rounding); it is compared
+    with the steps on its own (``test_appnp_rows_through_the_dense_propagation_...``)."""
+    monkeypatch.setattr(PageRankRows, "pays", staticmethod(lambda adj, rows, K: False))
     cfg = load_config(CONFIGS / f"{name}.yaml").override(
         {"model.dropout": 0.0, "model.attn_dropout": 0.0, "train.epochs": 30,
          "train.device": device.type,
@@ -118,7 +124,8 @@ def test_member_equals_its_standalone_fit(name: str, features: str, every: int, 
         if member.best_epoch != alone.best_epoch:  # after a fork: other weights were selected
             print(f"selected epochs {member.best_epoch} and {alone.best_epoch}")
             continue
-        assert abs(member.test_acc - alone.test_acc) <= 1 / 1000  # at most one test node
+        # at most one test node (the standalone accuracy is a float32 ratio: allow its rounding)
+        assert abs(member.test_acc - alone.test_acc) <= 1 / 1000 + 1e-6
         off = assert_weights_close(member.trained.state_dict(), alone.trained.state_dict(),
                                    device, forked)
         if off:
@@ -177,6 +184,28 @@ def test_rows_of_a_stacked_model_equal_its_full_forward(name: str, layers: int, 
     assert (plan.aggregated is not None) == csr
     assert [len(r) for r in plan.rows][-1] == len(rows)
     assert all(len(a) < len(b) for a, b in zip(plan.rows[1:], plan.rows[:-1], strict=True))
+
+
+def test_appnp_rows_through_the_dense_propagation_equal_its_full_forward(
+        cora: Data, device: torch.device) -> None:
+    """APPNP members propagate to Cora's 140 training rows through one dense matrix
+    (PageRankRows): the full forward's rows and the same weight gradients, in training and in
+    evaluation mode."""
+    from gnn.members import _initial_members
+
+    cfg = load_config(CONFIGS / "appnp.yaml").override({"model.dropout": 0.0})
+    model = _initial_members(cfg, cora, [0, 1, 2]).to(device)
+    x, edge_index = cora.x.to_sparse_csr().to(device), cora.edge_index.to(device)
+    rows = cora.train_mask.nonzero().view(-1).to(device)
+    for training in (True, False):
+        model.train(training)
+        full, part = model(x, edge_index), model(x, edge_index, rows)
+        assert model.pagerank_caches[training]._value is not None
+        torch.testing.assert_close(part, full[rows], rtol=1e-5, atol=1e-5)
+        grads = [torch.autograd.grad(out.square().sum(), list(model.parameters()))
+                 for out in (full[rows], part)]
+        for a, b in zip(*grads, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_member_csr_product_and_gradient_equal_dense() -> None:

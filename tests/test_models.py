@@ -197,6 +197,56 @@ def test_personalized_pagerank_rows_equal_full_rows(K: int) -> None:
     torch.testing.assert_close(h.grad, expected)
 
 
+@settings(max_examples=30, deadline=None)
+@given(graph=graphs(min_nodes=2), K=st.integers(1, 12), alpha=st.sampled_from([0.1, 0.5]),
+       data=st.data())
+def test_dense_pagerank_rows_equal_the_steps(graph: tuple[int, torch.Tensor], K: int,
+                                             alpha: float, data: st.DataObject) -> None:
+    """APPNP's propagation to some rows as one dense matrix gives the steps' rows and the
+    gradient of ``h`` to float32 rounding, on directed graphs (the matrix is built over the
+    transpose)."""
+    from gnn.kernels import (
+        PageRankRows,
+        csr_rows,
+        gcn_operator,
+        personalized_pagerank,
+        with_transpose,
+    )
+
+    n, edge_index = graph
+    adj = gcn_operator(edge_index, n)
+    rows = torch.tensor(sorted(data.draw(st.sets(st.integers(0, n - 1), min_size=1))))
+    g = torch.Generator().manual_seed(K)
+    h = torch.randn(n, 5, generator=g, requires_grad=True)
+    grad = torch.randn(len(rows), 5, generator=g)
+    steps = personalized_pagerank(adj, h, K, alpha, rows, with_transpose(csr_rows(adj, rows)))
+    steps.backward(grad)
+    expected, h.grad = h.grad, None
+    dense = PageRankRows(adj, rows, K, alpha)(h)
+    dense.backward(grad)
+    torch.testing.assert_close(dense, steps.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(h.grad, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_dense_pagerank_rows_pay_only_for_few_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dense matrix is used for a few rows of a sparse operator with its transpose, never
+    without steps, for most of the rows, or past its memory bound."""
+    from gnn import kernels
+    from gnn.kernels import PageRankRows, gcn_operator
+
+    edge_index = torch.randint(0, 1000, (2, 5000), generator=torch.Generator().manual_seed(0))
+    adj = gcn_operator(edge_index, 1000)
+    few, most = torch.arange(20), torch.arange(900)
+    assert PageRankRows.pays(adj, few, 10)
+    assert not PageRankRows.pays(adj, few, 0)
+    assert not PageRankRows.pays(adj, most, 10)
+    bare = torch.sparse_csr_tensor(adj.crow_indices(), adj.col_indices(), adj.values(),
+                                   adj.shape)
+    assert not PageRankRows.pays(bare, few, 10)  # no transpose to build the matrix from
+    monkeypatch.setattr(kernels, "MAX_DENSE_ROWS_BYTES", 20 * 1000 * 4 - 1)
+    assert not PageRankRows.pays(adj, few, 10)
+
+
 @pytest.mark.parametrize("name", ["mlp", "cs", "gcn"])
 @pytest.mark.parametrize("sparse", [False, True])
 def test_input_dropout_drops_the_features_once_and_only_in_training(name: str,
