@@ -199,12 +199,9 @@ class PageRankRows:
     order."""
 
     def __init__(self, adj: Tensor, rows: Tensor, K: int, alpha: float) -> None:
-        n = adj.size(0)
-        units = torch.zeros(n, len(rows), dtype=adj.dtype, device=adj.device)
+        units = torch.zeros(adj.size(0), len(rows), dtype=adj.dtype, device=adj.device)
         units[rows, torch.arange(len(rows), device=adj.device)] = 1.0
-        out = units
-        for _ in range(K):
-            out = torch.addmm(units, adj.gnn_transpose, out, beta=alpha, alpha=1 - alpha)
+        out = personalized_pagerank(adj.gnn_transpose, units, K, alpha)
         self.transpose, self.matrix = out, out.t().contiguous()
 
     @staticmethod
