@@ -17,11 +17,12 @@ from torch_geometric.data import Data
 import gnn.members as gnn_members
 from gnn.batching import make_batching
 from gnn.cli import main
-from gnn.config import load_config
+from gnn.config import Config, load_config
 from gnn.errors import ConfigError, TrainingError
 from gnn.kernels import PageRankRows
 from gnn.members import BATCHABLE, MemberMasks, fit_many, fit_members
 from gnn.training import FitResult, fit
+from gnn.workers import Workers, worker_state
 from tests.test_cli import one_line_error, run_error
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -305,6 +306,17 @@ def test_members_follow_their_own_masks(name: str, cora: Data) -> None:
     assert batched[0].history.train_loss != pytest.approx(batched[1].history.train_loss)
 
 
+def _test_accuracies(job: tuple[Config, list[int], bool], data: Data | None = None,
+                     ) -> list[float]:
+    """The test accuracies of one batched run of ``seeds`` (``job[2]`` true) or of one standalone
+    fit per seed, on ``data`` or on the graph a worker was handed."""
+    cfg, seeds, batched = job
+    data = worker_state() if data is None else data
+    if batched:
+        return [r.test_acc for r in fit_members(cfg, seeds, data)]
+    return [fit(cfg.override({"train.seed": seed}), data).test_acc for seed in seeds]
+
+
 @pytest.mark.parametrize("name", BATCHABLE)
 def test_dropout_members_match_sequential_seeds(name: str, cora: Data,
                                                 device: torch.device) -> None:
@@ -312,8 +324,14 @@ def test_dropout_members_match_sequential_seeds(name: str, cora: Data,
     distribution (test-accuracy means within 0.5 point, Welch p > 0.01)."""
     cfg = load_config(CONFIGS / f"{name}.yaml").override({"train.device": device.type})
     seeds = list(range(20))
-    batched = [r.test_acc for r in fit_members(cfg, seeds, cora)]
-    alone = [fit(cfg.override({"train.seed": s}), cora).test_acc for s in seeds]
+    if device.type == "cpu":  # the batched run and the fits shared between two processes
+        jobs = [(cfg, seeds, True)] + [(cfg, [seed], False) for seed in seeds]
+        with Workers(2, cora) as pool:
+            batched, *alone_runs = pool.in_order(_test_accuracies, jobs)
+        alone = [acc for accs in alone_runs for acc in accs]
+    else:  # CUDA cannot be used in a forked child
+        batched = _test_accuracies((cfg, seeds, True), cora)
+        alone = [acc for seed in seeds for acc in _test_accuracies((cfg, [seed], False), cora)]
     gap = statistics.fmean(batched) - statistics.fmean(alone)
     p = float(ttest_ind(batched, alone, equal_var=False).pvalue)
     print(f"\n20 {name} members {statistics.fmean(batched):.4f} ± {statistics.stdev(batched):.4f}"
