@@ -7,9 +7,10 @@ runs one does not pay its import, and :func:`available` says whether they can ru
 
 from __future__ import annotations
 
+import contextlib
 import os
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -57,6 +58,23 @@ def specialised(function: Callable[..., Any], parallel: bool,
     bound = types.FunctionType(function.__code__, {**function.__globals__, **constants},
                                function.__name__, function.__defaults__, function.__closure__)
     return numba.njit(cache=False, nogil=True, parallel=parallel)(bound)
+
+
+@contextlib.contextmanager
+def slp_vectorised() -> Iterator[None]:
+    """numba compiles with LLVM's SLP vectoriser off (its loop vectoriser stays on), so
+    straight-line code over many scalars stays scalar. A function that keeps its sums in
+    scalar variables, so that they stay in registers, needs the SLP vectoriser to pack those
+    scalars into vector registers: it must be compiled, that is first called, inside this
+    block. The setting is numba's global one, restored on leaving: a compile in another thread
+    meanwhile would be vectorised too, which changes its speed alone (the vectoriser does not
+    reorder floating-point sums)."""
+    previous = numba.config.SLP_VECTORIZE
+    numba.config.SLP_VECTORIZE = True
+    try:
+        yield
+    finally:
+        numba.config.SLP_VECTORIZE = previous
 
 
 def _compile(function: Callable[..., Any], parallel: bool) -> Callable[..., Any]:

@@ -15,14 +15,14 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
-from gnn import members
+from gnn import member_kernel, members
 from gnn.config import load_config
 from gnn.members import MemberBatch, MemberMasks, _initial_members
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 pytest.importorskip("numba", reason="the compiled first layer needs numba")
-from gnn.member_kernel import FirstLayer  # noqa: E402
+from gnn.member_kernel import MAX_REGISTER_UNITS, FirstLayer  # noqa: E402
 
 
 def _layer(seed: int = 0) -> tuple[FirstLayer, Tensor]:
@@ -69,6 +69,31 @@ def test_compiled_stack_equals_tensor_code_without_dropout(layers: int, cora: Da
     torch.testing.assert_close(evaluated, ref_evaluated, rtol=1e-5, atol=1e-6)
     for ours, ref in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("p", [0.0, 0.5])
+@pytest.mark.parametrize("hidden", [1, 7, 16, MAX_REGISTER_UNITS])
+def test_sums_in_registers_equal_the_row_buffer(hidden: int, p: float,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows of up to ``MAX_REGISTER_UNITS`` units stay in registers in generated code: the
+    row buffer's outputs and gradients, bit for bit, with and without dropout, on one thread
+    or two."""
+    layer, _ = _layer()
+    weight, bias = _weights(3, 40, hidden)
+    grad = np.random.default_rng(2).standard_normal((3, 300, hidden)).astype(np.float32)
+    results = []
+    for limit, threads in ((MAX_REGISTER_UNITS, 1), (MAX_REGISTER_UNITS, 2), (0, 1)):
+        monkeypatch.setattr(member_kernel, "MAX_REGISTER_UNITS", limit)
+        layer.threads = threads
+        out = np.empty((3, 300, hidden), np.float32)
+        layer.forward(weight, bias, out, p, seed=9)
+        grad_weight, grad_bias = np.empty_like(weight), np.empty_like(bias)
+        layer.backward(out, grad, grad_weight, grad_bias, p)
+        results.append((out, grad_weight, grad_bias))
+    for ours, buffered in zip(results[0] + results[1], results[2] * 2, strict=True):
+        assert np.array_equal(ours, buffered)
+    out, grad_weight, _ = results[0]
+    assert (out > 0).any() and (out == 0).any() and (grad_weight != 0).any()
 
 
 def test_backward_with_dropout_is_the_gradient_of_its_forward() -> None:
