@@ -69,6 +69,9 @@ def slp_vectorised() -> Iterator[None]:
     block. The setting is numba's global one, restored on leaving: a compile in another thread
     meanwhile would be vectorised too, which changes its speed alone (the vectoriser does not
     reorder floating-point sums)."""
+    if numba is None:  # nothing is compiled
+        yield
+        return
     previous = numba.config.SLP_VECTORIZE
     numba.config.SLP_VECTORIZE = True
     try:
