@@ -35,6 +35,14 @@ def jit(function: Callable[..., Any]) -> Callable[..., Any]:
     return _compile(function, parallel=False)
 
 
+def reassociating_jit(function: Callable[..., Any]) -> Callable[..., Any]:
+    """As :func:`jit`, with floating-point sums free to be reassociated (LLVM's ``reassoc``
+    flag alone): a dot product then runs as vector lanes of partial sums instead of one chain
+    of dependent adds. Its rounding then differs from a sum in order, as a BLAS product's
+    does; use it only where no exact order is promised."""
+    return _compile(function, parallel=False, fastmath=frozenset({"reassoc"}))
+
+
 def parallel_jit(function: Callable[..., Any]) -> Callable[..., Any]:
     """As :func:`jit`, with the function's ``prange`` loops split between threads (numba's
     threading layer; see :func:`parallel_allowed` before calling one). The function is
@@ -80,13 +88,15 @@ def slp_vectorised() -> Iterator[None]:
         numba.config.SLP_VECTORIZE = previous
 
 
-def _compile(function: Callable[..., Any], parallel: bool) -> Callable[..., Any]:
+def _compile(function: Callable[..., Any], parallel: bool,
+             fastmath: frozenset[str] = frozenset()) -> Callable[..., Any]:
     if numba is None:
         return function
+    options = {"nogil": True, "parallel": parallel, "fastmath": set(fastmath) or False}
     try:
-        return numba.njit(cache=True, nogil=True, parallel=parallel)(function)
+        return numba.njit(cache=True, **options)(function)
     except RuntimeError:  # no writable cache location
-        return numba.njit(cache=False, nogil=True, parallel=parallel)(function)
+        return numba.njit(cache=False, **options)(function)
 
 
 #: ``numba.prange`` (a plain ``range`` in a serial compile, or without numba).

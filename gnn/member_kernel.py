@@ -1,6 +1,8 @@
 """The first layer of M stacked members on CSR features as compiled loops (numba), for the CPU:
 each member's input dropout, its sparse product with its own weights, its bias and ReLU in one
-pass over the rows, its hidden dropout in a second, and the backward of all of it in another.
+pass over the rows, its hidden dropout in a second, and the backward of all of it in another;
+where the next layer is the output (APPNP's MLP of two layers), that narrow product too, in the
+same member loop.
 
 As tensor operations an 8-member APPNP step on Cora spent most of its time outside arithmetic:
 drawing a random byte per input entry and per hidden unit, writing the dropped values, the
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -36,11 +39,12 @@ from gnn.compiled import (
     parallel_allowed,
     parallel_jit,
     prange,
+    reassociating_jit,
     slp_vectorised,
     specialised,
 )
 
-__all__ = ["FirstLayer", "available"]
+__all__ = ["FirstLayer", "Output", "available"]
 
 #: Offsets that keep the input and hidden masks' streams of one member apart.
 _INPUT_STREAM = np.uint64(0x243F6A8885A308D3)
@@ -217,6 +221,57 @@ def _register_backward(hidden: int) -> Callable[..., None]:
     ])
 
 
+# --------------------------------------------------------------------------------------------
+# The output layer after the hidden one: a narrow product, each member's own
+
+
+@reassociating_jit
+def _output_rows(hidden: np.ndarray, weight_t: np.ndarray, bias: np.ndarray,
+                 logits: np.ndarray, member: int) -> None:
+    """One member's logits, ``hidden @ weight_t.T + bias``, into its columns of the side-by-side
+    ``logits [N, M * C]``. Each of a row's ``C`` sums is a dot product over the row, read from
+    cache once for all of them; reassociated, so that it runs as vector lanes of partial sums
+    (summed in order, each was one chain of dependent adds)."""
+    classes = weight_t.shape[0]
+    for i in range(hidden.shape[0]):
+        for c in range(classes):
+            total = np.float32(0.0)
+            for k in range(hidden.shape[1]):
+                total += hidden[i, k] * weight_t[c, k]
+            logits[i, member * classes + c] = total + bias[c]
+
+
+@functools.cache
+def _output_gradients_for(classes: int) -> Callable[..., None]:
+    """One member's output-layer backward for ``classes`` outputs (:func:`_generated`): per row,
+    the gradient of its hidden units, ``sum_c g_c weight_t[c]``, and its share of the weight
+    gradient, ``g_c hidden[i]`` for each ``c``, in one pass over the row's units with the row's
+    ``C`` logit gradients in scalars (as loops over ``C``, the same sums took about twice as
+    long: the partial sums went through memory for every class). The weight gradient is summed
+    over rows in order in float32, as a GEMM would; the bias gradient in double."""
+    grads = [f"g{c}" for c in range(classes)]
+    return _generated("gradients", [
+        "def gradients(hidden, grad_logits, member, weight_t, grad_hidden, grad_weight_t,",
+        "              grad_bias):",
+        f"    first = member * {classes}",
+        f"    bias_sum = np.zeros({classes}, np.float64)",
+        "    grad_weight_t[:] = 0.0",
+        "    for i in range(hidden.shape[0]):",
+        *(f"        {g} = grad_logits[i, first + {c}]" for c, g in enumerate(grads)),
+        *(f"        bias_sum[{c}] += {g}" for c, g in enumerate(grads)),
+        "        for k in range(hidden.shape[1]):",
+        "            unit = hidden[i, k]",
+        "            grad_hidden[i, k] = " + " + ".join(f"{g} * weight_t[{c}, k]"
+                                                     for c, g in enumerate(grads)),
+        *(f"            grad_weight_t[{c}, k] += {g} * unit" for c, g in enumerate(grads)),
+        "    grad_bias[:] = bias_sum",
+    ])
+
+
+# --------------------------------------------------------------------------------------------
+# Every member: the loops over members, on one thread or several
+
+
 @jit
 def _member_seeds(seed: np.uint64, members: int) -> np.ndarray:
     """A well-separated stream start per member from the step's one seed."""
@@ -229,8 +284,13 @@ def _member_seeds(seed: np.uint64, members: int) -> np.ndarray:
 def _forward_members(crow: np.ndarray, col: np.ndarray, val: np.ndarray, weight: np.ndarray,
                      bias: np.ndarray, seeds: np.ndarray, threshold: np.uint64,
                      scale: np.float32, out: np.ndarray, kept_crow: np.ndarray,
-                     kept_col: np.ndarray, kept_val: np.ndarray) -> None:
-    """Every member's :func:`_forward`, on its kept entries when there is dropout."""
+                     kept_col: np.ndarray, kept_val: np.ndarray,
+                     output_weight_t: np.ndarray | None, output_bias: np.ndarray | None,
+                     logits: np.ndarray | None) -> None:
+    """Every member's :func:`_forward`, on its kept entries when there is dropout, then its
+    output layer (:func:`_output_rows`) where ``output_weight_t`` is given (numba compiles
+    the loop without that branch where it is ``None``), while the member's rows are still in
+    cache."""
     for m in prange(weight.shape[0]):
         if threshold:
             _keep_entries(crow, col, val, seeds[m], threshold, scale, kept_crow[m],
@@ -239,31 +299,56 @@ def _forward_members(crow: np.ndarray, col: np.ndarray, val: np.ndarray, weight:
                      threshold, scale, out[m])
         else:
             _forward(crow, col, val, weight[m], bias[m], seeds[m], threshold, scale, out[m])
+        if output_weight_t is not None:
+            _output_rows(out[m], output_weight_t[m], output_bias[m], logits, m)
 
 
 def _backward_members(crow: np.ndarray, col: np.ndarray, val: np.ndarray, out: np.ndarray,
                       grad_out: np.ndarray, scale: np.float32, grad_weight: np.ndarray,
-                      grad_bias: np.ndarray) -> None:
-    """Every member's :func:`_backward` (``crow``/``col``/``val`` with a member axis)."""
+                      grad_bias: np.ndarray, output_weight_t: np.ndarray | None,
+                      grad_logits: np.ndarray | None, grad_output_weight_t: np.ndarray | None,
+                      grad_output_bias: np.ndarray | None) -> None:
+    """Every member's :func:`_backward` (``crow``/``col``/``val`` with a member axis). Where
+    ``output_weight_t`` is given, the member's output layer first fills its ``grad_out``
+    (``_output_gradients``: :func:`_output_gradients_for`, put in that name's place by
+    :func:`gnn.compiled.specialised`), which its first layer then reads from cache."""
     for m in prange(out.shape[0]):
+        if output_weight_t is not None:
+            _output_gradients(out[m], grad_logits, m, output_weight_t[m],  # noqa: F821
+                              grad_out[m], grad_output_weight_t[m], grad_output_bias[m])
         _backward(crow[m], col[m], val[m], out[m], grad_out[m], scale, grad_weight[m],
                   grad_bias[m])
 
 
-#: The member loops on one thread, and split between threads (members are independent, so the
-#: split changes nothing in the results).
+#: The member loops without an output layer and with rows in a buffer, on one thread, and
+#: split between threads (members are independent, so the split changes nothing in the
+#: results); cached on disk.
 _SERIAL = (jit(_forward_members), jit(_backward_members))
 _PARALLEL = (parallel_jit(_forward_members), parallel_jit(_backward_members))
 
 
 @functools.cache
-def _register_loops(hidden: int, parallel: bool) -> tuple[Callable[..., None], ...]:
+def _specialised_loops(hidden: int, registers: bool, classes: int | None,
+                       parallel: bool) -> tuple[Callable[..., None], ...]:
     """The member loops with rows of ``hidden`` units in registers (:func:`_register_forward`,
-    :func:`_register_backward`); compiled at their first call, which must be made under
-    :func:`gnn.compiled.slp_vectorised`: about four seconds per process and width (64 units:
-    0.9 s the forward, 2.9 s the backward)."""
-    return (specialised(_forward_members, parallel, _forward=_register_forward(hidden)),
-            specialised(_backward_members, parallel, _backward=_register_backward(hidden)))
+    :func:`_register_backward`) where ``registers``, and with an output layer of ``classes``
+    where given (its generated backward). Compiled at their first call, which must be made
+    under :func:`gnn.compiled.slp_vectorised`: about four seconds per process and width
+    (64 units: 0.9 s the forward, 2.9 s the backward)."""
+    forward = {"_forward": _register_forward(hidden)} if registers else {}
+    backward = {"_backward": _register_backward(hidden)} if registers else {}
+    if classes is not None:
+        backward["_output_gradients"] = _output_gradients_for(classes)
+    return (specialised(_forward_members, parallel, **forward),
+            specialised(_backward_members, parallel, **backward))
+
+
+def _in_parallel(threads: int, members: int) -> bool:
+    """Whether members run side by side on ``threads`` threads (numba's, set here)."""
+    parallel = threads > 1 and members > 1 and parallel_allowed()
+    if parallel:
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    return parallel
 
 
 def _drop(p: float) -> tuple[np.uint64, np.float32]:
@@ -273,9 +358,25 @@ def _drop(p: float) -> tuple[np.uint64, np.float32]:
     return np.uint64(threshold), np.float32(256.0 / (256 - threshold))
 
 
+@dataclass
+class Output:
+    """An output layer right after the first layer, computed in the same member loop: each
+    member's weight transposed, ``[M, C, hidden]``, and bias ``[M, C]``; the side-by-side
+    logits ``[N, M * C]`` a forward fills, or the gradient of those a backward reads, with the
+    weight's and bias's gradients it fills (shaped as the two)."""
+
+    weight_t: np.ndarray
+    bias: np.ndarray
+    logits: np.ndarray
+    grad_weight_t: np.ndarray | None = None
+    grad_bias: np.ndarray | None = None
+
+
 class FirstLayer:
     """``dropout(relu(dropout(X) @ W_m + b_m))`` for every member ``m`` of a stack, CSR ``X``
-    shared, and its backward.
+    shared, and its backward; optionally followed by an output layer (:class:`Output`), each
+    member's rows passed on to it while in cache (20 APPNP members on Cora: the two
+    separately, torch's batched product for the output, about 3 ms a step more).
 
     Members run side by side on ``threads`` threads where this process may (see
     :func:`gnn.compiled.parallel_allowed`). Threads of our own beside torch's were slower than
@@ -289,15 +390,16 @@ class FirstLayer:
         self.threads = max(1, threads)
         self._kept: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
-    def _loops(self, members: int, hidden: int) -> tuple[Callable[..., None], ...]:
-        """The forward and backward member loops for rows of ``hidden`` units; call them under
-        :func:`gnn.compiled.slp_vectorised` (a first call compiles)."""
-        parallel = self.threads > 1 and members > 1 and parallel_allowed()
-        if parallel:
-            numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
-        if hidden <= MAX_REGISTER_UNITS:
-            return _register_loops(hidden, parallel)
-        return _PARALLEL if parallel else _SERIAL
+    def _loops(self, members: int, hidden: int,
+               output: Output | None) -> tuple[Callable[..., None], ...]:
+        """The forward and backward member loops for rows of ``hidden`` units and ``output``;
+        call them under :func:`gnn.compiled.slp_vectorised` (a first call compiles)."""
+        parallel = _in_parallel(self.threads, members)
+        registers = hidden <= MAX_REGISTER_UNITS
+        if not registers and output is None:
+            return _PARALLEL if parallel else _SERIAL
+        classes = None if output is None else output.weight_t.shape[1]
+        return _specialised_loops(hidden, registers, classes, parallel)
 
     def _kept_buffers(self, members: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if self._kept is None or self._kept[0].shape[0] != members:
@@ -308,23 +410,29 @@ class FirstLayer:
         return self._kept
 
     def forward(self, weight: np.ndarray, bias: np.ndarray, out: np.ndarray, p: float,
-                seed: int) -> None:
+                seed: int, output: Output | None = None) -> None:
         """Fill ``out [M, N, hidden]`` from ``weight [M, F, hidden]`` and ``bias [M, hidden]``
-        with drop probability ``p`` (0: none, as in evaluation) and the step's ``seed``."""
+        with drop probability ``p`` (0: none, as in evaluation) and the step's ``seed``, and
+        ``output.logits`` from ``out`` where ``output`` is given."""
         members = weight.shape[0]
         threshold, scale = _drop(p)
         seeds = _member_seeds(np.uint64(seed), members)
         kept = self._kept_buffers(members) if threshold else (self.crow[None], self.col[None],
                                                              self.val[None])
-        forward = self._loops(members, weight.shape[2])[0]
+        forward = self._loops(members, weight.shape[2], output)[0]
+        arrays = (None, None, None) if output is None else (output.weight_t, output.bias,
+                                                            output.logits)
         with slp_vectorised():
             forward(self.crow, self.col, self.val, weight, bias, seeds, threshold, scale, out,
-                    *kept)
+                    *kept, *arrays)
 
     def backward(self, out: np.ndarray, grad_out: np.ndarray, grad_weight: np.ndarray,
-                 grad_bias: np.ndarray, p: float) -> None:
+                 grad_bias: np.ndarray, p: float, output: Output | None = None) -> None:
         """The weight and bias gradients of the last :meth:`forward` with drop probability
-        ``p``, from its output ``out`` and the gradient ``grad_out`` flowing into it."""
+        ``p``, from its output ``out`` and the gradient ``grad_out`` flowing into it; with
+        ``output``, from the gradient of the logits, ``output.logits``, and ``grad_out`` is
+        where the gradient of ``out`` is written on the way (and the output layer's weight
+        and bias gradients fill ``output``)."""
         members = out.shape[0]
         threshold, scale = _drop(p)
         if threshold:
@@ -332,6 +440,8 @@ class FirstLayer:
         else:  # every member reads the shared entries
             crow, col, val = (np.broadcast_to(a, (members, *a.shape))
                               for a in (self.crow, self.col, self.val))
-        backward = self._loops(members, out.shape[2])[1]
+        backward = self._loops(members, out.shape[2], output)[1]
+        arrays = (None,) * 4 if output is None else (output.weight_t, output.logits,
+                                                     output.grad_weight_t, output.grad_bias)
         with slp_vectorised():
-            backward(crow, col, val, out, grad_out, scale, grad_weight, grad_bias)
+            backward(crow, col, val, out, grad_out, scale, grad_weight, grad_bias, *arrays)

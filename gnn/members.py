@@ -308,13 +308,7 @@ class StackedModel(MemberStack):
         the step several times). The logits then go side by side, ``[N, M * classes]``, for
         the propagation's sparse products (:class:`_SideBySideLinear`)."""
         n, members = x.size(0), self.members
-        h = self._activated_first_layer(x)
-        output = len(self.weights) - 1  # the output layer's index
-        for i in range(1, output):  # hidden layers after the first
-            h = torch.baddbmm(self.biases[i].view(members, 1, -1), h, self.weights[i])
-            h = _relu_dropout(h, self.dropout, self.training)
-        logits = h.transpose(0, 1).reshape(n, -1) if output == 0 else \
-            _SideBySideLinear.apply(h, self.weights[output], self.biases[output])
+        logits = self._mlp(x)
         adj = self._operator(edge_index, n, None)
         if rows is not None and logits.dtype == adj.dtype and PageRankRows.pays(adj, rows,
                                                                                  self.K):
@@ -326,6 +320,25 @@ class StackedModel(MemberStack):
             out = personalized_pagerank(adj, logits, self.K, self.alpha, rows, last)
         return out.view(out.size(0), members, -1)
 
+    def _mlp(self, x: Tensor) -> Tensor:
+        """APPNP's MLP, member-major, its logits side by side ``[N, M * classes]``: a hidden
+        layer and the output compiled together (:mod:`gnn.member_kernel`) for CSR features on
+        the CPU, else the first layer (:meth:`_activated_first_layer`), the later ones with
+        ``baddbmm`` and the output as :class:`_SideBySideLinear`."""
+        n, members = x.size(0), self.members
+        output = len(self.weights) - 1  # the output layer's index
+        if output == 1 and _compiled_first_layer(x, self.weights[0]):
+            layer, p, seed = self._compiled_first_layer(x)
+            return _CompiledFirstAndOutput.apply(layer, self.weights[0], self.biases[0],
+                                                 self.weights[1], self.biases[1], p, seed)
+        h = self._activated_first_layer(x)
+        for i in range(1, output):  # hidden layers after the first
+            h = torch.baddbmm(self.biases[i].view(members, 1, -1), h, self.weights[i])
+            h = _relu_dropout(h, self.dropout, self.training)
+        if output == 0:
+            return h.transpose(0, 1).reshape(n, -1)
+        return _SideBySideLinear.apply(h, self.weights[output], self.biases[output])
+
     def _activated_first_layer(self, x: Tensor) -> Tensor:
         """Layer 0 of a member-major MLP with its input dropout, ReLU and dropout: compiled
         (:mod:`gnn.member_kernel`) for CSR features on the CPU, else as tensor operations."""
@@ -335,10 +348,14 @@ class StackedModel(MemberStack):
                                                    self.members),
                                    self.weights[0], self.biases[0], self.pattern_cache)
             return _relu_dropout(h, self.dropout, self.training) if hidden else h
-        p = self.dropout if self.training else 0.0
-        layer = self.kernel_cache.get(x, _first_layer_kernel)
-        seed = int(torch.randint(2**62, ())) if p > 0 else 0
+        layer, p, seed = self._compiled_first_layer(x)
         return _CompiledFirstLayer.apply(layer, self.weights[0], self.biases[0], p, seed)
+
+    def _compiled_first_layer(self, x: Tensor) -> tuple[Any, float, int]:
+        """The compiled first layer over ``x``, and this step's drop probability and seed."""
+        p = self.dropout if self.training else 0.0
+        seed = int(torch.randint(2**62, ())) if p > 0 else 0
+        return self.kernel_cache.get(x, _first_layer_kernel), p, seed
 
     def _layer(self, i: int, h: Tensor, edge_index: Tensor, n: int) -> Tensor:
         """Layer ``i`` for every node."""
@@ -785,6 +802,47 @@ class _CompiledFirstLayer(torch.autograd.Function):
         ctx.layer.backward(out.numpy(), grad.contiguous().numpy(), grad_weight.numpy(),
                            grad_bias.numpy(), ctx.p)
         return None, grad_weight, grad_bias.view(-1), None, None
+
+
+class _CompiledFirstAndOutput(torch.autograd.Function):
+    """:class:`_CompiledFirstLayer` followed by the output layer, ``h_m @ V_m + c_m`` side by
+    side ``[N, M * classes]`` (what :class:`_SideBySideLinear` gives), in the same compiled
+    member loop (:class:`gnn.member_kernel.Output`): each member's rows go on to the output
+    while in cache, forward and backward, and torch's batched product, slow in this narrow
+    shape, is not called (20 APPNP members on Cora, one thread: about 3.4 ms a forward
+    there, about 1.5 ms here)."""
+
+    @staticmethod
+    def forward(ctx: Any, layer: Any, weight: Tensor, bias: Tensor, out_weight: Tensor,
+                out_bias: Tensor, p: float, seed: int) -> Tensor:
+        from gnn.member_kernel import Output
+        members, classes = weight.size(0), out_weight.size(2)
+        weight, bias = weight.detach().contiguous(), bias.detach().view(members, -1)
+        hidden = weight.new_empty(members, len(layer.crow) - 1, weight.size(2))
+        weight_t = out_weight.detach().transpose(1, 2).contiguous()
+        logits = weight.new_empty(hidden.size(1), members * classes)
+        output = Output(weight_t.numpy(), out_bias.detach().view(members, -1).numpy(),
+                        logits.numpy())
+        layer.forward(weight.numpy(), bias.numpy(), hidden.numpy(), p, seed, output)
+        ctx.layer, ctx.p = layer, p
+        ctx.save_for_backward(hidden, weight_t)
+        return logits
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        hidden, weight_t = ctx.saved_tensors
+        members, units = hidden.size(0), hidden.size(2)
+        grad_weight = grad.new_empty(members, ctx.layer.features, units)
+        grad_bias = grad.new_empty(members, units)
+        grad_weight_t, grad_out_bias = torch.empty_like(weight_t), grad.new_empty(
+            members, weight_t.size(1))
+        from gnn.member_kernel import Output
+        output = Output(weight_t.numpy(), None, grad.contiguous().numpy(),
+                        grad_weight_t.numpy(), grad_out_bias.numpy())
+        ctx.layer.backward(hidden.numpy(), torch.empty_like(hidden).numpy(),
+                           grad_weight.numpy(), grad_bias.numpy(), ctx.p, output)
+        return (None, grad_weight, grad_bias.view(-1), grad_weight_t.transpose(1, 2),
+                grad_out_bias.view(-1), None, None)
 
 
 class _SideBySideLinear(torch.autograd.Function):

@@ -1,6 +1,7 @@
-"""The compiled first layer of stacked members (``gnn.member_kernel``): the same numbers as the
-tensor code without dropout, a correct backward with dropout, masks of each member's own, the
-same results on one thread or several, and a forked child that runs it too."""
+"""The compiled first layer of stacked members (``gnn.member_kernel``), alone and with the
+output layer after it: the same numbers as the tensor code without dropout, a correct backward
+with dropout, masks of each member's own, the same results on one thread or several, and a
+forked child that runs it too."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from gnn.members import MemberBatch, MemberMasks, _initial_members
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 pytest.importorskip("numba", reason="the compiled first layer needs numba")
-from gnn.member_kernel import MAX_REGISTER_UNITS, FirstLayer  # noqa: E402
+from gnn.member_kernel import MAX_REGISTER_UNITS, FirstLayer, Output  # noqa: E402
 
 
 def _layer(seed: int = 0) -> tuple[FirstLayer, Tensor]:
@@ -33,11 +34,39 @@ def _layer(seed: int = 0) -> tuple[FirstLayer, Tensor]:
     return members._first_layer_kernel(x), x
 
 
-def _weights(m: int, features: int, hidden: int) -> tuple[np.ndarray, np.ndarray]:
-    generator = torch.Generator().manual_seed(1)
+def _weights(m: int, features: int, hidden: int, seed: int = 1,
+             ) -> tuple[np.ndarray, np.ndarray]:
+    generator = torch.Generator().manual_seed(seed)
     weight = torch.randn(m, features, hidden, generator=generator) * 0.3
     bias = torch.randn(m, hidden, generator=generator) * 0.1
     return weight.numpy(), bias.numpy()
+
+
+def _run(layer: FirstLayer, weight: np.ndarray, bias: np.ndarray, p: float, seed: int,
+         classes: int | None) -> list[np.ndarray]:
+    """A forward and a backward of ``layer`` (with an output layer of ``classes`` where given)
+    from a fixed gradient: every array either fills."""
+    members, hidden = weight.shape[0], weight.shape[2]
+    rows = len(layer.crow) - 1
+    rng = np.random.default_rng(2)
+    out = np.empty((members, rows, hidden), np.float32)
+    grad_weight, grad_bias = np.empty_like(weight), np.empty_like(bias)
+    if classes is None:
+        layer.forward(weight, bias, out, p, seed)
+        grad = rng.standard_normal(out.shape).astype(np.float32)
+        layer.backward(out, grad, grad_weight, grad_bias, p)
+        return [out, grad_weight, grad_bias]
+    weight_t, out_bias = (a.transpose(0, 2, 1).copy() if a.ndim == 3 else a
+                          for a in _weights(members, hidden, classes, seed=3))
+    logits = np.empty((rows, members * classes), np.float32)
+    layer.forward(weight, bias, out, p, seed, Output(weight_t, out_bias, logits))
+    grad_logits = rng.standard_normal(logits.shape).astype(np.float32)
+    grad_hidden = np.empty_like(out)
+    grads = Output(weight_t, out_bias, grad_logits, np.empty_like(weight_t),
+                   np.empty_like(out_bias))
+    layer.backward(out, grad_hidden, grad_weight, grad_bias, p, grads)
+    return [out, logits, grad_hidden, grad_weight, grad_bias, grads.grad_weight_t,
+            grads.grad_bias]
 
 
 @pytest.mark.parametrize("layers", [1, 2, 3])
@@ -72,27 +101,24 @@ def test_compiled_stack_equals_tensor_code_without_dropout(layers: int, cora: Da
 
 
 @pytest.mark.parametrize("p", [0.0, 0.5])
-@pytest.mark.parametrize("hidden", [1, 7, 16, MAX_REGISTER_UNITS])
-def test_sums_in_registers_equal_the_row_buffer(hidden: int, p: float,
+@pytest.mark.parametrize(("hidden", "classes"), [(1, None), (7, None), (16, None),
+                                                 (MAX_REGISTER_UNITS, None), (7, 3),
+                                                 (MAX_REGISTER_UNITS, 3)])
+def test_sums_in_registers_equal_the_row_buffer(hidden: int, classes: int | None, p: float,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """Rows of up to ``MAX_REGISTER_UNITS`` units stay in registers in generated code: the
-    row buffer's outputs and gradients, bit for bit, with and without dropout, on one thread
-    or two."""
+    row buffer's outputs and gradients, bit for bit, with and without dropout, with and
+    without an output layer after the first, on one thread or two."""
     layer, _ = _layer()
     weight, bias = _weights(3, 40, hidden)
-    grad = np.random.default_rng(2).standard_normal((3, 300, hidden)).astype(np.float32)
     results = []
     for limit, threads in ((MAX_REGISTER_UNITS, 1), (MAX_REGISTER_UNITS, 2), (0, 1)):
         monkeypatch.setattr(member_kernel, "MAX_REGISTER_UNITS", limit)
         layer.threads = threads
-        out = np.empty((3, 300, hidden), np.float32)
-        layer.forward(weight, bias, out, p, seed=9)
-        grad_weight, grad_bias = np.empty_like(weight), np.empty_like(bias)
-        layer.backward(out, grad, grad_weight, grad_bias, p)
-        results.append((out, grad_weight, grad_bias))
+        results.append(_run(layer, weight, bias, p, 9, classes))
     for ours, buffered in zip(results[0] + results[1], results[2] * 2, strict=True):
         assert np.array_equal(ours, buffered)
-    out, grad_weight, _ = results[0]
+    out, grad_weight = results[0][0], results[0][-4 if classes else 1]
     assert (out > 0).any() and (out == 0).any() and (grad_weight != 0).any()
 
 
@@ -126,6 +152,47 @@ def test_backward_with_dropout_is_the_gradient_of_its_forward() -> None:
                                    atol=1e-5)
 
 
+@pytest.mark.parametrize("p", [0.0, 0.5])
+def test_output_layer_is_the_gradient_of_its_forward(p: float) -> None:
+    """An output layer after the first, in the same member loop: each member's logits, side by
+    side, are ``h_m @ V_m + c_m`` of the hidden rows the layer returns, and the gradients of
+    both layers' weights and biases, and of the hidden rows, are that function's (the kept
+    entries and unit masks as the layer drew them)."""
+    layer, x = _layer()
+    weight, bias = _weights(4, 40, 16)
+    out, logits, grad_hidden, grad_weight, grad_bias, grad_weight_t, grad_out_bias = _run(
+        layer, weight, bias, p, 7, 5)
+    weight_t, out_bias = (a.transpose(0, 2, 1).copy() if a.ndim == 3 else a
+                          for a in _weights(4, 16, 5, seed=3))
+    grad_logits = np.random.default_rng(2).standard_normal(logits.shape).astype(np.float32)
+    scale = 1.0 / (1.0 - p)
+    for m in range(4):
+        if p:
+            crow, col, val = (a[m] for a in layer._kept)
+            x = torch.sparse_csr_tensor(torch.from_numpy(crow.copy()),
+                                        torch.from_numpy(col[:crow[-1]].astype(np.int64)),
+                                        torch.from_numpy(val[:crow[-1]].copy()), (300, 40))
+        w, b, v, c = (torch.from_numpy(a[m].copy()).requires_grad_()
+                      for a in (weight, bias, weight_t, out_bias))
+        unit_mask = torch.from_numpy(out[m] > 0).float() * scale
+        h = (torch.relu(x.to_dense() @ w + b) * unit_mask).detach().requires_grad_()
+        ref = h @ v.t() + c
+        columns = slice(m * 5, (m + 1) * 5)
+        torch.testing.assert_close(torch.from_numpy(logits[:, columns]), ref.detach(),
+                                   rtol=1e-5, atol=1e-5)
+        ref.backward(torch.from_numpy(grad_logits[:, columns]))
+        torch.testing.assert_close(torch.from_numpy(grad_hidden[m]), h.grad, rtol=1e-5,
+                                   atol=1e-5)
+        torch.testing.assert_close(torch.from_numpy(grad_weight_t[m]), v.grad, rtol=1e-5,
+                                   atol=1e-4)
+        torch.testing.assert_close(torch.from_numpy(grad_out_bias[m]), c.grad, rtol=1e-5,
+                                   atol=1e-5)
+        first = torch.relu(x.to_dense() @ w + b) * unit_mask
+        first.backward(h.grad)
+        for ours, theirs in ((grad_weight[m], w.grad), (grad_bias[m], b.grad)):
+            torch.testing.assert_close(torch.from_numpy(ours), theirs, rtol=1e-5, atol=1e-4)
+
+
 def test_members_draw_their_own_masks_at_the_drop_rate() -> None:
     """Members with equal weights get different outputs; about 1 - p of the input entries
     and of the positive units are kept; the same seed repeats a step, another does not."""
@@ -147,19 +214,16 @@ def test_members_draw_their_own_masks_at_the_drop_rate() -> None:
     assert not np.array_equal(out, again)
 
 
-def test_threads_change_nothing() -> None:
-    """One thread or two: bit for bit the same outputs and gradients."""
+@pytest.mark.parametrize("classes", [None, 7])
+def test_threads_change_nothing(classes: int | None) -> None:
+    """One thread or two: bit for bit the same outputs and gradients, with an output layer
+    after the first or without."""
     weight, bias = _weights(5, 40, 16)
-    grad = np.random.default_rng(1).standard_normal((5, 300, 16)).astype(np.float32)
     results = []
     for threads in (1, 2):
         layer, _ = _layer()
         layer.threads = threads
-        out = np.empty((5, 300, 16), np.float32)
-        layer.forward(weight, bias, out, 0.5, seed=11)
-        grad_weight, grad_bias = np.empty_like(weight), np.empty_like(bias)
-        layer.backward(out, grad, grad_weight, grad_bias, 0.5)
-        results.append((out, grad_weight, grad_bias))
+        results.append(_run(layer, weight, bias, 0.5, 11, classes))
     for ours, other in zip(*results, strict=True):
         assert np.array_equal(ours, other)
 
