@@ -333,8 +333,8 @@ def _specialised_loops(hidden: int, registers: bool, classes: int | None,
     """The member loops with rows of ``hidden`` units in registers (:func:`_register_forward`,
     :func:`_register_backward`) where ``registers``, and with an output layer of ``classes``
     where given (its generated backward). Compiled at their first call, which must be made
-    under :func:`gnn.compiled.slp_vectorised`: about four seconds per process and width
-    (64 units: 0.9 s the forward, 2.9 s the backward)."""
+    under :func:`gnn.compiled.slp_vectorised`, in each process: 64 units and 7 classes, about
+    1.6 s the forward and 4.1 s the backward."""
     forward = {"_forward": _register_forward(hidden)} if registers else {}
     backward = {"_backward": _register_backward(hidden)} if registers else {}
     if classes is not None:
@@ -361,12 +361,12 @@ def _drop(p: float) -> tuple[np.uint64, np.float32]:
 @dataclass
 class Output:
     """An output layer right after the first layer, computed in the same member loop: each
-    member's weight transposed, ``[M, C, hidden]``, and bias ``[M, C]``; the side-by-side
-    logits ``[N, M * C]`` a forward fills, or the gradient of those a backward reads, with the
-    weight's and bias's gradients it fills (shaped as the two)."""
+    member's weight transposed, ``[M, C, hidden]``, and bias ``[M, C]`` (which a backward does
+    not read); the side-by-side logits ``[N, M * C]`` a forward fills, or the gradient of those
+    a backward reads, with the weight's and bias's gradients it fills (shaped as the two)."""
 
     weight_t: np.ndarray
-    bias: np.ndarray
+    bias: np.ndarray | None
     logits: np.ndarray
     grad_weight_t: np.ndarray | None = None
     grad_bias: np.ndarray | None = None
@@ -375,8 +375,9 @@ class Output:
 class FirstLayer:
     """``dropout(relu(dropout(X) @ W_m + b_m))`` for every member ``m`` of a stack, CSR ``X``
     shared, and its backward; optionally followed by an output layer (:class:`Output`), each
-    member's rows passed on to it while in cache (20 APPNP members on Cora: the two
-    separately, torch's batched product for the output, about 3 ms a step more).
+    member's rows passed on to it while in cache (20 APPNP members on Cora, one thread: with
+    torch's batched product for the output, an epoch of training and evaluation took about
+    6 ms more).
 
     Members run side by side on ``threads`` threads where this process may (see
     :func:`gnn.compiled.parallel_allowed`). Threads of our own beside torch's were slower than

@@ -830,13 +830,13 @@ class _CompiledFirstAndOutput(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        from gnn.member_kernel import Output
         hidden, weight_t = ctx.saved_tensors
         members, units = hidden.size(0), hidden.size(2)
         grad_weight = grad.new_empty(members, ctx.layer.features, units)
         grad_bias = grad.new_empty(members, units)
         grad_weight_t, grad_out_bias = torch.empty_like(weight_t), grad.new_empty(
             members, weight_t.size(1))
-        from gnn.member_kernel import Output
         output = Output(weight_t.numpy(), None, grad.contiguous().numpy(),
                         grad_weight_t.numpy(), grad_out_bias.numpy())
         ctx.layer.backward(hidden.numpy(), torch.empty_like(hidden).numpy(),
