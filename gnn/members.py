@@ -329,8 +329,8 @@ class StackedModel(MemberStack):
         output = len(self.weights) - 1  # the output layer's index
         if output == 1 and _compiled_first_layer(x, self.weights[0]):
             layer, p, seed = self._compiled_first_layer(x)
-            return _CompiledFirstAndOutput.apply(layer, self.weights[0], self.biases[0],
-                                                 self.weights[1], self.biases[1], p, seed)
+            return _CompiledFirstLayer.apply(layer, self.weights[0], self.biases[0], p, seed,
+                                             self.weights[1], self.biases[1])
         h = self._activated_first_layer(x)
         for i in range(1, output):  # hidden layers after the first
             h = torch.baddbmm(self.biases[i].view(members, 1, -1), h, self.weights[i])
@@ -780,69 +780,55 @@ class _CompiledFirstLayer(torch.autograd.Function):
     :class:`gnn.member_kernel.FirstLayer`. As tensor operations this layer drew a random byte
     per entry and unit, multiplied the entries dropout had zeroed, and passed over the
     activations once per operation: on Cora at 8 x 64 (two threads), forward and backward
-    cost about 11 ms a step, compiled about 3 ms."""
+    cost about 11 ms a step, compiled about 3 ms.
+
+    Given the output layer's weight ``[M, hidden, classes]`` and bias, that layer runs in the
+    same compiled member loop (:class:`gnn.member_kernel.Output`) and the result is its logits
+    side by side, ``[N, M * classes]`` (what :class:`_SideBySideLinear` gives): each member's
+    rows go on to the output while in cache, forward and backward, and torch's batched
+    product, slow in this narrow shape, is not called (20 APPNP members on Cora, one thread:
+    about 3.4 ms a forward there, about 1.5 ms here)."""
 
     @staticmethod
-    def forward(ctx: Any, layer: Any, weight: Tensor, bias: Tensor, p: float,
-                seed: int) -> Tensor:
+    def forward(ctx: Any, layer: Any, weight: Tensor, bias: Tensor, p: float, seed: int,
+                out_weight: Tensor | None = None, out_bias: Tensor | None = None) -> Tensor:
+        from gnn.member_kernel import Output
         members = weight.size(0)
         weight, bias = weight.detach().contiguous(), bias.detach().view(members, -1)
-        out = weight.new_empty(members, len(layer.crow) - 1, weight.size(2))
-        layer.forward(weight.numpy(), bias.numpy(), out.numpy(), p, seed)
-        ctx.layer, ctx.p = layer, p
-        ctx.save_for_backward(out)
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[None, Tensor, Tensor, None, None]:
-        (out,) = ctx.saved_tensors
-        members, hidden = out.size(0), out.size(2)
-        grad_weight = grad.new_empty(members, ctx.layer.features, hidden)
-        grad_bias = grad.new_empty(members, hidden)
-        ctx.layer.backward(out.numpy(), grad.contiguous().numpy(), grad_weight.numpy(),
-                           grad_bias.numpy(), ctx.p)
-        return None, grad_weight, grad_bias.view(-1), None, None
-
-
-class _CompiledFirstAndOutput(torch.autograd.Function):
-    """:class:`_CompiledFirstLayer` followed by the output layer, ``h_m @ V_m + c_m`` side by
-    side ``[N, M * classes]`` (what :class:`_SideBySideLinear` gives), in the same compiled
-    member loop (:class:`gnn.member_kernel.Output`): each member's rows go on to the output
-    while in cache, forward and backward, and torch's batched product, slow in this narrow
-    shape, is not called (20 APPNP members on Cora, one thread: about 3.4 ms a forward
-    there, about 1.5 ms here)."""
-
-    @staticmethod
-    def forward(ctx: Any, layer: Any, weight: Tensor, bias: Tensor, out_weight: Tensor,
-                out_bias: Tensor, p: float, seed: int) -> Tensor:
-        from gnn.member_kernel import Output
-        members, classes = weight.size(0), out_weight.size(2)
-        weight, bias = weight.detach().contiguous(), bias.detach().view(members, -1)
         hidden = weight.new_empty(members, len(layer.crow) - 1, weight.size(2))
-        weight_t = out_weight.detach().transpose(1, 2).contiguous()
-        logits = weight.new_empty(hidden.size(1), members * classes)
-        output = Output(weight_t.numpy(), out_bias.detach().view(members, -1).numpy(),
-                        logits.numpy())
+        result, output, saved = hidden, None, [hidden]
+        if out_weight is not None and out_bias is not None:
+            weight_t = out_weight.detach().transpose(1, 2).contiguous()
+            result = weight.new_empty(hidden.size(1), members * out_weight.size(2))
+            output = Output(weight_t.numpy(), out_bias.detach().view(members, -1).numpy(),
+                            result.numpy())
+            saved.append(weight_t)
         layer.forward(weight.numpy(), bias.numpy(), hidden.numpy(), p, seed, output)
         ctx.layer, ctx.p = layer, p
-        ctx.save_for_backward(hidden, weight_t)
-        return logits
+        ctx.save_for_backward(*saved)
+        return result
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         from gnn.member_kernel import Output
-        hidden, weight_t = ctx.saved_tensors
+        hidden, *output_weight = ctx.saved_tensors
         members, units = hidden.size(0), hidden.size(2)
         grad_weight = grad.new_empty(members, ctx.layer.features, units)
         grad_bias = grad.new_empty(members, units)
-        grad_weight_t, grad_out_bias = torch.empty_like(weight_t), grad.new_empty(
-            members, weight_t.size(1))
-        output = Output(weight_t.numpy(), None, grad.contiguous().numpy(),
-                        grad_weight_t.numpy(), grad_out_bias.numpy())
+        grad = grad.contiguous()
+        if not output_weight:
+            ctx.layer.backward(hidden.numpy(), grad.numpy(), grad_weight.numpy(),
+                               grad_bias.numpy(), ctx.p)
+            return None, grad_weight, grad_bias.view(-1), None, None, None, None
+        weight_t = output_weight[0]
+        grad_weight_t = torch.empty_like(weight_t)
+        grad_out_bias = grad.new_empty(members, weight_t.size(1))
+        output = Output(weight_t.numpy(), None, grad.numpy(), grad_weight_t.numpy(),
+                        grad_out_bias.numpy())
         ctx.layer.backward(hidden.numpy(), torch.empty_like(hidden).numpy(),
                            grad_weight.numpy(), grad_bias.numpy(), ctx.p, output)
-        return (None, grad_weight, grad_bias.view(-1), grad_weight_t.transpose(1, 2),
-                grad_out_bias.view(-1), None, None)
+        return (None, grad_weight, grad_bias.view(-1), None, None,
+                grad_weight_t.transpose(1, 2), grad_out_bias.view(-1))
 
 
 class _SideBySideLinear(torch.autograd.Function):
