@@ -305,18 +305,30 @@ def _forward_members(crow: np.ndarray, col: np.ndarray, val: np.ndarray, weight:
 
 def _backward_members(crow: np.ndarray, col: np.ndarray, val: np.ndarray, out: np.ndarray,
                       grad_out: np.ndarray, scale: np.float32, grad_weight: np.ndarray,
-                      grad_bias: np.ndarray, output_weight_t: np.ndarray | None,
-                      grad_logits: np.ndarray | None, grad_output_weight_t: np.ndarray | None,
-                      grad_output_bias: np.ndarray | None) -> None:
-    """Every member's :func:`_backward` (``crow``/``col``/``val`` with a member axis). Where
-    ``output_weight_t`` is given, the member's output layer first fills its ``grad_out``
-    (``_output_gradients``: :func:`_output_gradients_for`, put in that name's place by
-    :func:`gnn.compiled.specialised`), which its first layer then reads from cache."""
+                      grad_bias: np.ndarray) -> None:
+    """Every member's :func:`_backward` (``crow``/``col``/``val`` with a member axis)."""
     for m in prange(out.shape[0]):
-        if output_weight_t is not None:
-            _output_gradients(out[m], grad_logits, m, output_weight_t[m],  # noqa: F821
-                              grad_out[m], grad_output_weight_t[m], grad_output_bias[m])
         _backward(crow[m], col[m], val[m], out[m], grad_out[m], scale, grad_weight[m],
+                  grad_bias[m])
+
+
+def _backward_members_through_output(crow: np.ndarray, col: np.ndarray, val: np.ndarray,
+                                     out: np.ndarray, grad_logits: np.ndarray,
+                                     scale: np.float32, grad_weight: np.ndarray,
+                                     grad_bias: np.ndarray, output_weight_t: np.ndarray,
+                                     grad_output_weight_t: np.ndarray,
+                                     grad_output_bias: np.ndarray) -> None:
+    """:func:`_backward_members` behind an output layer: each member's output layer first
+    fills the gradient of its rows (``_output_gradients``: :func:`_output_gradients_for`, put
+    in that name's place by :func:`gnn.compiled.specialised`) into a block of the thread's
+    own, which its first layer then reads from cache. numba allocates that block once per
+    thread (it hoists the allocation out of each thread's share of the loop): ``[N, hidden]``
+    a thread, where a buffer for every member would be ``[M, N, hidden]``."""
+    for m in prange(out.shape[0]):
+        grad_rows = np.empty(out.shape[1:], np.float32)
+        _output_gradients(out[m], grad_logits, m, output_weight_t[m],  # noqa: F821
+                          grad_rows, grad_output_weight_t[m], grad_output_bias[m])
+        _backward(crow[m], col[m], val[m], out[m], grad_rows, scale, grad_weight[m],
                   grad_bias[m])
 
 
@@ -337,10 +349,12 @@ def _specialised_loops(hidden: int, registers: bool, classes: int | None,
     1.6 s the forward and 4.1 s the backward."""
     forward = {"_forward": _register_forward(hidden)} if registers else {}
     backward = {"_backward": _register_backward(hidden)} if registers else {}
+    backward_members = _backward_members
     if classes is not None:
         backward["_output_gradients"] = _output_gradients_for(classes)
+        backward_members = _backward_members_through_output
     return (specialised(_forward_members, parallel, **forward),
-            specialised(_backward_members, parallel, **backward))
+            specialised(backward_members, parallel, **backward))
 
 
 def _in_parallel(threads: int, members: int) -> bool:
@@ -427,13 +441,16 @@ class FirstLayer:
             forward(self.crow, self.col, self.val, weight, bias, seeds, threshold, scale, out,
                     *kept, *arrays)
 
-    def backward(self, out: np.ndarray, grad_out: np.ndarray, grad_weight: np.ndarray,
+    def backward(self, out: np.ndarray, grad_out: np.ndarray | None, grad_weight: np.ndarray,
                  grad_bias: np.ndarray, p: float, output: Output | None = None) -> None:
         """The weight and bias gradients of the last :meth:`forward` with drop probability
         ``p``, from its output ``out`` and the gradient ``grad_out`` flowing into it; with
-        ``output``, from the gradient of the logits, ``output.logits``, and ``grad_out`` is
-        where the gradient of ``out`` is written on the way (and the output layer's weight
-        and bias gradients fill ``output``)."""
+        ``output``, from the gradient of the logits, ``output.logits``, instead (``grad_out``
+        is then not read: pass ``None``), and the output layer's weight and bias gradients
+        fill ``output``."""
+        if (grad_out is None) == (output is None):
+            raise ValueError("the backward takes either the gradient of the rows or an output "
+                             "layer's, exactly one")
         members = out.shape[0]
         threshold, scale = _drop(p)
         if threshold:
@@ -442,7 +459,9 @@ class FirstLayer:
             crow, col, val = (np.broadcast_to(a, (members, *a.shape))
                               for a in (self.crow, self.col, self.val))
         backward = self._loops(members, out.shape[2], output)[1]
-        arrays = (None,) * 4 if output is None else (output.weight_t, output.logits,
-                                                     output.grad_weight_t, output.grad_bias)
         with slp_vectorised():
-            backward(crow, col, val, out, grad_out, scale, grad_weight, grad_bias, *arrays)
+            if output is None:
+                backward(crow, col, val, out, grad_out, scale, grad_weight, grad_bias)
+            else:
+                backward(crow, col, val, out, output.logits, scale, grad_weight, grad_bias,
+                         output.weight_t, output.grad_weight_t, output.grad_bias)

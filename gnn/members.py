@@ -797,7 +797,9 @@ class _CompiledFirstLayer(torch.autograd.Function):
         weight, bias = weight.detach().contiguous(), bias.detach().view(members, -1)
         hidden = weight.new_empty(members, len(layer.crow) - 1, weight.size(2))
         result, output, saved = hidden, None, [hidden]
-        if out_weight is not None and out_bias is not None:
+        if (out_weight is None) != (out_bias is None):
+            raise ValueError("the output layer needs its weight and its bias, both")
+        if out_weight is not None:
             weight_t = out_weight.detach().transpose(1, 2).contiguous()
             result = weight.new_empty(hidden.size(1), members * out_weight.size(2))
             output = Output(weight_t.numpy(), out_bias.detach().view(members, -1).numpy(),
@@ -825,8 +827,8 @@ class _CompiledFirstLayer(torch.autograd.Function):
         grad_out_bias = grad.new_empty(members, weight_t.size(1))
         output = Output(weight_t.numpy(), None, grad.numpy(), grad_weight_t.numpy(),
                         grad_out_bias.numpy())
-        ctx.layer.backward(hidden.numpy(), torch.empty_like(hidden).numpy(),
-                           grad_weight.numpy(), grad_bias.numpy(), ctx.p, output)
+        ctx.layer.backward(hidden.numpy(), None, grad_weight.numpy(), grad_bias.numpy(), ctx.p,
+                           output)
         return (None, grad_weight, grad_bias.view(-1), None, None,
                 grad_weight_t.transpose(1, 2), grad_out_bias.view(-1))
 
