@@ -793,12 +793,12 @@ class _CompiledFirstLayer(torch.autograd.Function):
     def forward(ctx: Any, layer: Any, weight: Tensor, bias: Tensor, p: float, seed: int,
                 out_weight: Tensor | None = None, out_bias: Tensor | None = None) -> Tensor:
         from gnn.member_kernel import Output
+        if (out_weight is None) != (out_bias is None):
+            raise ValueError("the output layer needs its weight and its bias, both")
         members = weight.size(0)
         weight, bias = weight.detach().contiguous(), bias.detach().view(members, -1)
         hidden = weight.new_empty(members, len(layer.crow) - 1, weight.size(2))
         result, output, saved = hidden, None, [hidden]
-        if (out_weight is None) != (out_bias is None):
-            raise ValueError("the output layer needs its weight and its bias, both")
         if out_weight is not None:
             weight_t = out_weight.detach().transpose(1, 2).contiguous()
             result = weight.new_empty(hidden.size(1), members * out_weight.size(2))

@@ -154,9 +154,9 @@ def test_backward_with_dropout_is_the_gradient_of_its_forward() -> None:
 def test_output_layer_is_the_gradient_of_its_forward(p: float) -> None:
     """An output layer after the first, in the same member loop: each member's logits, side by
     side, are ``h_m @ V_m + c_m`` of the hidden rows the layer returns, and the gradients of
-    both layers' weights and biases are that function's (the kept entries and unit masks as
-    the layer drew them): the first layer's, through the gradient of the hidden rows, which
-    the layer keeps to itself."""
+    both layers' weights and biases, and of the hidden rows, are that function's (the kept
+    entries and unit masks as the layer drew them). The layer keeps the hidden rows' gradient
+    to itself: its output-layer kernel is called alone for it."""
     layer, x = _layer()
     weight, bias = _weights(4, 40, 16)
     out, logits, grad_weight, grad_bias, grad_weight_t, grad_out_bias = _run(
@@ -180,6 +180,11 @@ def test_output_layer_is_the_gradient_of_its_forward(p: float) -> None:
         torch.testing.assert_close(torch.from_numpy(logits[:, columns]), ref.detach(),
                                    rtol=1e-5, atol=1e-5)
         ref.backward(torch.from_numpy(grad_logits[:, columns]))
+        grad_hidden = np.empty_like(out[m])
+        member_kernel._output_gradients_for(5)(out[m], grad_logits, m, weight_t[m], grad_hidden,
+                                               np.empty_like(weight_t[m]),
+                                               np.empty_like(out_bias[m]))
+        torch.testing.assert_close(torch.from_numpy(grad_hidden), h.grad, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(torch.from_numpy(grad_weight_t[m]), v.grad, rtol=1e-5,
                                    atol=1e-4)
         torch.testing.assert_close(torch.from_numpy(grad_out_bias[m]), c.grad, rtol=1e-5,
